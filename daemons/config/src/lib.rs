@@ -1,0 +1,333 @@
+//! strata's configuration: one TOML file, kebab-case keys, unknown keys are errors,
+//! every error names the file, line and column and what is wrong.
+//!
+//! Values are checked while they are parsed (each has a type that refuses bad
+//! input), so a range error points at the value itself.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use strata_proto::ipc::{ClockBackendKind, LogLevel, Role};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    #[serde(default)]
+    pub users: Users,
+    #[serde(default)]
+    pub clock: ClockConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct SupervisorConfig {
+    /// Where the supervisor keeps `status.json` (and, later, the control socket).
+    pub runtime_dir: PathBuf,
+    pub log_level: Level,
+    pub restart: RestartPolicy,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            runtime_dir: PathBuf::from("/run/strata"),
+            log_level: Level::Info,
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<Level> for LogLevel {
+    fn from(l: Level) -> LogLevel {
+        match l {
+            Level::Error => LogLevel::Error,
+            Level::Warn => LogLevel::Warn,
+            Level::Info => LogLevel::Info,
+            Level::Debug => LogLevel::Debug,
+            Level::Trace => LogLevel::Trace,
+        }
+    }
+}
+
+/// How the supervisor re-spawns a child that died: after a back-off that doubles
+/// with each restart inside the window, at most `budget` restarts per window; past
+/// the budget the process stays down and an alarm is logged.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RestartPolicy {
+    pub backoff_initial_ms: Millis,
+    pub backoff_max_ms: Millis,
+    pub budget: Budget,
+    pub window_s: Seconds,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            backoff_initial_ms: Millis(50),
+            backoff_max_ms: Millis(10_000),
+            budget: Budget(10),
+            window_s: Seconds(60),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// Delay before the `n`-th restart (1-based) inside the current window.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let initial = u64::from(self.backoff_initial_ms.0);
+        let ms = initial.saturating_mul(1u64 << n.saturating_sub(1).min(30));
+        Duration::from_millis(ms.min(u64::from(self.backoff_max_ms.0)))
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.window_s.0))
+    }
+}
+
+macro_rules! bounded {
+    ($name:ident, $min:expr, $max:expr, $what:literal) => {
+        #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+        #[serde(try_from = "i64")]
+        pub struct $name(pub u32);
+        impl TryFrom<i64> for $name {
+            type Error = String;
+            fn try_from(v: i64) -> Result<Self, String> {
+                if ($min..=$max).contains(&v) {
+                    Ok($name(v as u32))
+                } else {
+                    Err(format!(
+                        "{} must be between {} and {}, not {v}",
+                        $what, $min, $max
+                    ))
+                }
+            }
+        }
+    };
+}
+bounded!(Millis, 0, 3_600_000, "a delay in milliseconds");
+bounded!(Seconds, 1, 86_400, "a window in seconds");
+bounded!(Budget, 0, 1_000_000, "a restart budget");
+
+/// The user each child runs as (ignored in development mode).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Users {
+    pub ntp: String,
+    pub refclock: String,
+    pub adjust: String,
+    pub control: String,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users {
+            ntp: "strata-ntp".into(),
+            refclock: "strata-refclock".into(),
+            adjust: "strata-adjust".into(),
+            control: "strata-control".into(),
+        }
+    }
+}
+
+impl Users {
+    pub fn of(&self, role: Role) -> &str {
+        match role {
+            Role::Ntp => &self.ntp,
+            Role::Refclock => &self.refclock,
+            Role::Adjust => &self.adjust,
+            Role::Control => &self.control,
+            Role::Supervisor => "root",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClockConfig {
+    /// `system`, or `none` (serve and measure, never adjust, like `chronyd -x`).
+    pub backend: ClockBackend,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            backend: ClockBackend(ClockBackendKind::System),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct ClockBackend(pub ClockBackendKind);
+
+impl TryFrom<String> for ClockBackend {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "none" => Ok(ClockBackend(ClockBackendKind::None)),
+            "system" => Ok(ClockBackend(ClockBackendKind::System)),
+            other => Err(format!(
+                "unknown clock backend {other:?}: expected \"system\" or \"none\""
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ServerConfig {
+    /// Addresses the supervisor binds and hands to the engine.
+    pub listen: Vec<SocketAddr>,
+    /// chrony's `local stratum N`.
+    pub local_stratum: Option<Stratum>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["0.0.0.0:123".parse().unwrap(), "[::]:123".parse().unwrap()],
+            local_stratum: None,
+        }
+    }
+}
+
+bounded!(Stratum, 1, 15, "a stratum");
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parse `text`; `file` names it in errors.
+    pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_column(text, offset);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_str(text, Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.users.adjust, "strata-adjust");
+        assert_eq!(c.clock.backend.0, ClockBackendKind::System);
+        assert_eq!(c.supervisor.restart.budget.0, 10);
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line_and_column() {
+        let err = parse("[server]\nlisten = []\n  bogus = 1\n").unwrap_err();
+        assert!(
+            err.starts_with("t.toml:3:3: unknown field `bogus`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_points_at_the_value() {
+        let err = parse("[clock]\nbackend = \"atomic\"\n").unwrap_err();
+        assert!(
+            err.starts_with("t.toml:2:11: unknown clock backend \"atomic\""),
+            "{err}"
+        );
+        let err = parse("[server]\nlocal-stratum = 16\n").unwrap_err();
+        assert_eq!(
+            err,
+            "t.toml:2:17: a stratum must be between 1 and 15, not 16"
+        );
+        let err = parse("[server]\nlisten = [\"127.0.0.1\"]\n").unwrap_err();
+        assert!(err.starts_with("t.toml:2:11:"), "{err}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let p = RestartPolicy {
+            backoff_initial_ms: Millis(100),
+            backoff_max_ms: Millis(1000),
+            budget: Budget(5),
+            window_s: Seconds(60),
+        };
+        let ms: Vec<u128> = (1..=6).map(|n| p.backoff(n).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let mut seen = 0;
+        for sub in ["examples", "config"] {
+            for entry in std::fs::read_dir(dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.path().extension().is_some_and(|e| e == "toml") {
+                    Config::from_file(&entry.path()).unwrap();
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 1, "no shipped config found under deploy/");
+    }
+}

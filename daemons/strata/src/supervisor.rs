@@ -1,0 +1,682 @@
+//! `strata run`: the supervisor.
+//!
+//! 1. sanitise (close inherited descriptors, clear the environment);
+//! 2. validate the configuration;
+//! 3. open the privileged resources (bind the NTP sockets) and resolve the users;
+//! 4. trim its own capabilities: the bounding set keeps only what the children need
+//!    (CAP_SETUID/CAP_SETGID to become their users, CAP_SYS_TIME for the adjuster)
+//!    and CAP_KILL, so nothing started from here can ever hold more; the supervisor
+//!    itself keeps only CAP_KILL to stop children that run under other uids;
+//! 5. spawn each child with its supervisor channel on descriptor 3, give it its
+//!    identity, settings and resources, wait for `Ready`, then link it to its peers;
+//! 6. watch: re-spawn a dead child with back-off inside a restart budget, re-link
+//!    its peers; never re-spawn one that exits with the do-not-respawn status;
+//! 7. on SIGTERM/SIGINT stop the children in reverse start order within 2 s.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, User};
+use strata_config::Config;
+use strata_process::channel::{Channel, RecvError};
+use strata_proto::ipc::{
+    self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity,
+    MAX_FRAME, NtpSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild,
+    UnlinkReason,
+};
+use strata_sys::Capability;
+use tracing::{error, info, warn};
+
+use crate::status::{self, ApplianceStatus, ProcessStatus};
+
+/// What the supervisor keeps in its bounding set (see step 4 above).
+const BOUNDING: [Capability; 4] = [
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SYS_TIME,
+    Capability::CAP_KILL,
+];
+
+/// How long each child gets to exit after `Shutdown` before SIGKILL: four children
+/// in sequence stay inside the 2 s the appliance promises.
+const STOP_GRACE: Duration = Duration::from_millis(400);
+
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{0}")]
+    Sanitise(strata_sys::SysError),
+    #[error("{0}")]
+    Config(strata_config::ConfigError),
+    #[error(
+        "user {name:?} for the {role} process does not exist (create the users with `systemd-sysusers deploy/sysusers.d/strata.conf`)"
+    )]
+    NoSuchUser { name: String, role: Role },
+    #[error("looking up user {name:?}: {source}")]
+    UserLookup { name: String, source: nix::Error },
+    #[error("binding NTP socket {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("runtime directory {dir}: {source}")]
+    RuntimeDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("trimming the supervisor's capabilities: {0}")]
+    Capabilities(strata_sys::SysError),
+    #[error("signal handling: {0}")]
+    Signals(nix::Error),
+    #[error("locating the process binaries: {0}")]
+    Binaries(std::io::Error),
+}
+
+enum Phase {
+    /// Spawned; waiting for its Hello.
+    Greeting,
+    /// Start and resources sent; waiting for Ready.
+    Starting,
+    Ready,
+}
+
+struct Instance {
+    pid: Pid,
+    channel: Option<Channel>,
+    phase: Phase,
+    ready_since: Option<SystemTime>,
+    linked: BTreeSet<Role>,
+}
+
+struct Slot {
+    role: Role,
+    identity: Option<Identity>,
+    instance: Option<Instance>,
+    /// Restarts inside the current window.
+    recent_restarts: Vec<Instant>,
+    restarts: u32,
+    spawns: u32,
+    respawn_at: Option<Instant>,
+    last_exit: Option<String>,
+    failed: bool,
+}
+
+struct Supervisor {
+    config: Config,
+    bin_dir: PathBuf,
+    slots: Vec<Slot>,
+    resources: Vec<(Resource, OwnedFd)>,
+    alarms: Vec<String>,
+    development: bool,
+    stopping: bool,
+}
+
+pub fn run(config_path: &Path) -> ExitCode {
+    // The configured level is not known yet; start at info and reset below.
+    strata_process::logging::init(ipc::LogLevel::Info);
+    match Supervisor::start(config_path) {
+        Ok((mut supervisor, signals)) => supervisor.watch(signals),
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl Supervisor {
+    fn start(config_path: &Path) -> Result<(Supervisor, SignalFd), StartError> {
+        // 1. Sanitise.
+        let bin_dir = std::env::current_exe()
+            .map_err(StartError::Binaries)?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| StartError::Binaries(std::io::ErrorKind::NotFound.into()))?;
+        strata_sys::close_descriptors_above(2).map_err(StartError::Sanitise)?;
+        strata_sys::clear_environment();
+
+        // 2. Validate.
+        let config = Config::from_file(config_path).map_err(StartError::Config)?;
+        let development = !nix::unistd::geteuid().is_root();
+        if development {
+            warn!(
+                "not started as root: development mode, every process runs as uid {} with no sandbox users",
+                nix::unistd::geteuid()
+            );
+        }
+
+        // 3. Privileged resources and identities.
+        let mut slots = Vec::new();
+        for role in Role::CHILDREN {
+            let identity = if development {
+                None
+            } else {
+                Some(lookup(config.users.of(role), role)?)
+            };
+            slots.push(Slot {
+                role,
+                identity,
+                instance: None,
+                recent_restarts: Vec::new(),
+                restarts: 0,
+                spawns: 0,
+                respawn_at: Some(Instant::now()),
+                last_exit: None,
+                failed: false,
+            });
+        }
+        let mut resources = Vec::new();
+        for &addr in &config.server.listen {
+            let socket = std::net::UdpSocket::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let local = socket
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            info!(%local, "bound NTP socket");
+            resources.push((Resource::NtpSocket { local }, OwnedFd::from(socket)));
+        }
+        let dir = &config.supervisor.runtime_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir {
+            dir: dir.clone(),
+            source,
+        })?;
+
+        // 4. Trim our own capabilities.
+        if !development {
+            strata_sys::limit_bounding_set(&BOUNDING).map_err(StartError::Capabilities)?;
+            strata_sys::retain_only_capabilities(&[Capability::CAP_KILL])
+                .map_err(StartError::Capabilities)?;
+        }
+
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(StartError::Signals)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(StartError::Signals)?;
+
+        Ok((
+            Supervisor {
+                config,
+                bin_dir,
+                slots,
+                resources,
+                alarms: Vec::new(),
+                development,
+                stopping: false,
+            },
+            signals,
+        ))
+    }
+
+    /// The event loop: signals, child channels, re-spawn timers.
+    fn watch(&mut self, signals: SignalFd) -> ExitCode {
+        let mut buf = vec![0u8; MAX_FRAME];
+        self.spawn_due();
+        loop {
+            let next = self.slots.iter().filter_map(|s| s.respawn_at).min();
+            let timeout = match next {
+                None => PollTimeout::NONE,
+                Some(at) => {
+                    let ms = at
+                        .saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .min(60_000) as i32;
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let ready: Vec<bool> = {
+                let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+                let watched: Vec<usize> = (0..self.slots.len()).collect();
+                for &i in &watched {
+                    if let Some(ch) = self.slots[i]
+                        .instance
+                        .as_ref()
+                        .and_then(|i| i.channel.as_ref())
+                    {
+                        fds.push(PollFd::new(ch.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::Error::EINTR) => {}
+                    Err(e) => {
+                        error!("poll: {e}");
+                        return self.stop(ExitCode::FAILURE);
+                    }
+                }
+                fds.iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect()
+            };
+
+            if ready[0] {
+                while let Ok(Some(info)) = signals.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGCHLD) => self.reap(),
+                        Ok(Signal::SIGHUP) => {
+                            info!("SIGHUP: configuration reload is not supported; restart strata")
+                        }
+                        Ok(sig) => {
+                            info!("{sig}: stopping");
+                            return self.stop(ExitCode::SUCCESS);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            // Channels, in the order they were put in the poll set.
+            let mut k = 1;
+            for i in 0..self.slots.len() {
+                let has_channel = self.slots[i]
+                    .instance
+                    .as_ref()
+                    .is_some_and(|i| i.channel.is_some());
+                if !has_channel {
+                    continue;
+                }
+                if ready.get(k).copied().unwrap_or(false) {
+                    self.on_child_frame(i, &mut buf);
+                }
+                k += 1;
+            }
+            if self.slots.iter().any(|s| s.role == Role::Ntp && s.failed) {
+                error!("the NTP engine cannot be kept running; stopping the appliance");
+                return self.stop(ExitCode::FAILURE);
+            }
+            self.spawn_due();
+        }
+    }
+
+    fn spawn_due(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            if self.slots[i].respawn_at.is_some_and(|at| at <= now) && !self.stopping {
+                self.slots[i].respawn_at = None;
+                self.spawn(i);
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let role = self.slots[i].role;
+        let (ours, theirs) = match Channel::pair() {
+            Ok(p) => p,
+            Err(e) => {
+                error!(process = %role, "cannot create its channel: {e}");
+                self.slots[i].respawn_at = Some(Instant::now() + Duration::from_secs(1));
+                return;
+            }
+        };
+        let mut command = Command::new(self.bin_dir.join(role.binary()));
+        command.env_clear();
+        match strata_sys::spawn_with_channel(command, theirs.into_fd()) {
+            Ok(child) => {
+                let pid = Pid::from_raw(child.id() as i32);
+                info!(process = %role, %pid, "spawned");
+                let slot = &mut self.slots[i];
+                slot.spawns += 1;
+                slot.instance = Some(Instance {
+                    pid,
+                    channel: Some(ours),
+                    phase: Phase::Greeting,
+                    ready_since: None,
+                    linked: BTreeSet::new(),
+                });
+            }
+            Err(e) => {
+                error!(process = %role, "cannot spawn {}: {e}", self.bin_dir.join(role.binary()).display());
+                self.after_death(i, format!("could not be spawned: {e}"), false);
+            }
+        }
+        self.publish();
+    }
+
+    fn settings(&self, role: Role) -> Settings {
+        match role {
+            Role::Ntp => Settings::Ntp(NtpSettings {
+                local_stratum: self.config.server.local_stratum.map(|s| s.0 as u8),
+            }),
+            Role::Refclock => Settings::Refclock(RefclockSettings {}),
+            Role::Adjust => Settings::Adjust(AdjustSettings {
+                backend: self.config.clock.backend.0,
+            }),
+            Role::Control => Settings::Control(ControlSettings {}),
+            Role::Supervisor => unreachable!("the supervisor is not a child"),
+        }
+    }
+
+    fn on_child_frame(&mut self, i: usize, buf: &mut [u8]) {
+        let role = self.slots[i].role;
+        let Some(instance) = self.slots[i].instance.as_mut() else {
+            return;
+        };
+        let Some(channel) = instance.channel.as_ref() else {
+            return;
+        };
+        let result = match instance.phase {
+            Phase::Greeting => channel.recv_hello(role).map(|_| None),
+            _ => channel.recv::<ChildToSupervisor>(buf).map(|r| Some(r.msg)),
+        };
+        match result {
+            Ok(None) => {
+                instance.phase = Phase::Starting;
+                if let Err(e) = self.send_start(i) {
+                    warn!(process = %role, "start failed: {e}");
+                    self.kill_instance(i);
+                }
+            }
+            Ok(Some(ChildToSupervisor::Ready)) if matches!(instance.phase, Phase::Starting) => {
+                instance.phase = Phase::Ready;
+                instance.ready_since = Some(SystemTime::now());
+                info!(process = %role, pid = %instance.pid, "ready");
+                self.link(i);
+                self.publish();
+            }
+            Ok(Some(ChildToSupervisor::Linked(peer))) => {
+                instance.linked.insert(peer);
+                self.publish();
+            }
+            Ok(Some(ChildToSupervisor::Unlinked { peer, reason })) => {
+                instance.linked.remove(&peer);
+                if reason == UnlinkReason::Violation {
+                    // A process that breaks the protocol is presumed broken or
+                    // compromised: replace it with a fresh one from exec.
+                    warn!(process = %role, %peer, "dropped {peer} for a protocol violation; re-spawning {peer}");
+                    if let Some(j) = self.slots.iter().position(|s| s.role == peer) {
+                        self.kill_instance(j);
+                    }
+                }
+                self.publish();
+            }
+            Ok(Some(other)) => {
+                warn!(process = %role, "unexpected {other:?} on the supervisor channel; killing it");
+                self.kill_instance(i);
+            }
+            Err(RecvError::WouldBlock) => {}
+            Err(RecvError::Closed) => {
+                // Dying: SIGCHLD follows. Stop polling the dead channel meanwhile.
+                instance.channel = None;
+            }
+            Err(e) => {
+                warn!(process = %role, "supervisor channel: {e}; killing it");
+                self.kill_instance(i);
+            }
+        }
+    }
+
+    fn send_start(&self, i: usize) -> Result<(), strata_process::channel::SendError> {
+        let slot = &self.slots[i];
+        let channel = slot
+            .instance
+            .as_ref()
+            .and_then(|i| i.channel.as_ref())
+            .expect("instance has a channel");
+        channel.send(
+            &SupervisorToChild::Hello(Hello::new(Role::Supervisor)),
+            None,
+        )?;
+        let start = Start {
+            identity: slot.identity,
+            log_level: self.config.supervisor.log_level.into(),
+            settings: self.settings(slot.role),
+        };
+        channel.send(&SupervisorToChild::Start(start), None)?;
+        if slot.role == Role::Ntp {
+            for (resource, fd) in &self.resources {
+                channel.send(
+                    &SupervisorToChild::Resource(resource.clone()),
+                    Some(fd.as_fd()),
+                )?;
+            }
+        }
+        channel.send(&SupervisorToChild::Sealed, None)
+    }
+
+    /// Give a newly ready child a fresh channel to each ready peer.
+    fn link(&mut self, i: usize) {
+        let role = self.slots[i].role;
+        for peer in role.peers() {
+            let Some(j) = self.slots.iter().position(|s| s.role == peer) else {
+                continue;
+            };
+            let peer_ready = self.slots[j]
+                .instance
+                .as_ref()
+                .is_some_and(|p| matches!(p.phase, Phase::Ready));
+            if !peer_ready {
+                continue;
+            }
+            let (a, b) = match Channel::pair() {
+                Ok(p) => p,
+                Err(e) => {
+                    error!("cannot create a channel {role} <-> {peer}: {e}");
+                    continue;
+                }
+            };
+            for (k, other, end) in [(i, peer, &a), (j, role, &b)] {
+                let ch = self.slots[k]
+                    .instance
+                    .as_ref()
+                    .and_then(|x| x.channel.as_ref());
+                if let Some(ch) = ch {
+                    if let Err(e) = ch.send(&SupervisorToChild::Peer(other), Some(end.as_fd())) {
+                        warn!(process = %self.slots[k].role, "cannot hand over its channel to {other}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn kill_instance(&mut self, i: usize) {
+        if let Some(instance) = &self.slots[i].instance {
+            let _ = kill(instance.pid, Signal::SIGKILL);
+        }
+    }
+
+    /// Collect every exited child and decide what follows.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(
+                    pid,
+                    format!("exited with status {code}"),
+                    code == i32::from(EXIT_DO_NOT_RESPAWN),
+                ),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    let why = if sig == Signal::SIGSYS {
+                        "killed by SIGSYS (seccomp: a syscall outside its policy)".to_string()
+                    } else {
+                        format!("killed by {sig}")
+                    };
+                    self.on_exit(pid, why, false);
+                }
+                Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!("waitpid: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, why: String, do_not_respawn: bool) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.instance.as_ref().is_some_and(|x| x.pid == pid))
+        else {
+            return;
+        };
+        warn!(process = %self.slots[i].role, %pid, "{why}");
+        self.slots[i].instance = None;
+        self.after_death(i, why, do_not_respawn);
+        self.publish();
+    }
+
+    fn after_death(&mut self, i: usize, why: String, do_not_respawn: bool) {
+        let policy = self.config.supervisor.restart;
+        let slot = &mut self.slots[i];
+        slot.last_exit = Some(why.clone());
+        if self.stopping {
+            return;
+        }
+        if do_not_respawn {
+            slot.failed = true;
+            let alarm = format!(
+                "{} {why}: the do-not-respawn status; it stays down",
+                slot.role
+            );
+            error!("ALARM: {alarm}");
+            self.alarms.push(alarm);
+            return;
+        }
+        let now = Instant::now();
+        slot.recent_restarts
+            .retain(|&t| now.duration_since(t) < policy.window());
+        if slot.recent_restarts.len() >= policy.budget.0 as usize {
+            slot.failed = true;
+            let alarm = format!(
+                "{} exhausted its restart budget ({} restarts in {} s); it stays down",
+                slot.role, policy.budget.0, policy.window_s.0
+            );
+            error!("ALARM: {alarm}");
+            self.alarms.push(alarm);
+            return;
+        }
+        slot.recent_restarts.push(now);
+        slot.restarts += 1;
+        let delay = policy.backoff(slot.recent_restarts.len() as u32);
+        info!(process = %slot.role, "re-spawning in {} ms", delay.as_millis());
+        slot.respawn_at = Some(now + delay);
+    }
+
+    /// Stop the children in reverse start order; SIGKILL those that do not exit in time.
+    fn stop(&mut self, code: ExitCode) -> ExitCode {
+        self.stopping = true;
+        self.publish();
+        for role in Role::CHILDREN.iter().rev() {
+            let Some(i) = self.slots.iter().position(|s| s.role == *role) else {
+                continue;
+            };
+            let Some(instance) = self.slots[i].instance.take() else {
+                continue;
+            };
+            if let Some(ch) = &instance.channel {
+                let _ = ch.send(&SupervisorToChild::Shutdown, None);
+            }
+            let deadline = Instant::now() + STOP_GRACE;
+            loop {
+                match waitpid(instance.pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Ok(WaitStatus::StillAlive) => {
+                        warn!(process = %role, "did not stop in time; killing it");
+                        let _ = kill(instance.pid, Signal::SIGKILL);
+                        let _ = waitpid(instance.pid, None);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            self.slots[i].last_exit = Some("stopped".into());
+            info!(process = %role, "stopped");
+        }
+        self.publish();
+        info!("appliance stopped");
+        code
+    }
+
+    fn publish(&self) {
+        let processes =
+            self.slots
+                .iter()
+                .map(|s| {
+                    let state = match (&s.instance, s.failed, self.stopping) {
+                        (Some(x), _, _) => match x.phase {
+                            Phase::Ready => "ready",
+                            _ => "starting",
+                        },
+                        (None, true, _) => "failed",
+                        (None, false, true) => "stopped",
+                        (None, false, false) => "restarting",
+                    };
+                    ProcessStatus {
+                        role: s.role.name().into(),
+                        pid: s.instance.as_ref().map(|x| x.pid.as_raw() as u32),
+                        uid: s
+                            .identity
+                            .map(|id| id.uid)
+                            .or_else(|| Some(nix::unistd::getuid().as_raw())),
+                        state: state.into(),
+                        ready_since_ms: s.instance.as_ref().and_then(|x| x.ready_since).and_then(
+                            |t| {
+                                t.duration_since(SystemTime::UNIX_EPOCH)
+                                    .ok()
+                                    .map(|d| d.as_millis() as u64)
+                            },
+                        ),
+                        spawns: s.spawns,
+                        restarts: s.restarts,
+                        last_exit: s.last_exit.clone(),
+                        linked: s
+                            .instance
+                            .iter()
+                            .flat_map(|x| x.linked.iter().map(|r| r.name().to_string()))
+                            .collect(),
+                    }
+                })
+                .collect();
+        let status = ApplianceStatus {
+            supervisor_pid: std::process::id(),
+            mode: if self.development {
+                "development"
+            } else {
+                "production"
+            }
+            .into(),
+            state: if self.stopping { "stopping" } else { "running" }.into(),
+            processes,
+            alarms: self.alarms.clone(),
+        };
+        if let Err(e) = status::write(&self.config.supervisor.runtime_dir, &status) {
+            warn!(
+                "cannot write the status file in {}: {e}",
+                self.config.supervisor.runtime_dir.display()
+            );
+        }
+    }
+}
+
+fn lookup(name: &str, role: Role) -> Result<Identity, StartError> {
+    match User::from_name(name) {
+        Ok(Some(user)) if user.uid.is_root() => Err(StartError::UserLookup {
+            name: name.into(),
+            source: nix::Error::EPERM,
+        }),
+        Ok(Some(user)) => Ok(Identity {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }),
+        Ok(None) => Err(StartError::NoSuchUser {
+            name: name.into(),
+            role,
+        }),
+        Err(source) => Err(StartError::UserLookup {
+            name: name.into(),
+            source,
+        }),
+    }
+}

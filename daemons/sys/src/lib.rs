@@ -1,0 +1,259 @@
+//! The one crate of strata that may use `unsafe`: thin, checked wrappers over the
+//! syscalls the privilege-drop sequence needs. Every other crate forbids `unsafe`.
+//!
+//! Each wrapper does one thing and returns an error a caller can name; the order in
+//! which they are called is the caller's (see `strata-process`'s `sandbox`).
+#![allow(unsafe_code)] // the workspace denies it; this crate is the documented exception
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+pub use caps::Capability;
+use caps::{CapSet, CapsHashSet};
+use nix::unistd::{Gid, Uid};
+use strata_policy::{BpfInstruction, SeccompPolicy};
+
+/// The descriptor on which every child finds its supervisor channel.
+pub const SUPERVISOR_FD: RawFd = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    #[error("closing inherited descriptors: {0}")]
+    CloseFds(io::Error),
+    #[error("setting groups, gid and uid to {uid}:{gid}: {source}")]
+    Identity {
+        uid: u32,
+        gid: u32,
+        source: nix::Error,
+    },
+    #[error("changing capabilities: {0}")]
+    Capabilities(#[from] caps::errors::CapsError),
+    #[error("prctl {what}: {source}")]
+    Prctl {
+        what: &'static str,
+        source: nix::Error,
+    },
+    #[error("installing the seccomp filter: {0}")]
+    Seccomp(#[from] seccompiler::Error),
+}
+
+/// Close every descriptor above `last_kept` (`close_range(2)`): nothing inherited by
+/// accident survives into the sandbox.
+pub fn close_descriptors_above(last_kept: RawFd) -> Result<(), SysError> {
+    let first = u32::try_from(last_kept + 1)
+        .map_err(|_| SysError::CloseFds(io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: close_range takes two integers and a flag word and touches no memory of
+    // ours. Descriptors owned by Rust objects above `last_kept` would be closed behind
+    // their backs, so this is called first thing in main, before any are created.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(SysError::CloseFds(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Remove every environment variable of this process.
+pub fn clear_environment() {
+    let names: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
+    for name in names {
+        // SAFETY: called in main before any thread is started, so no other thread can
+        // be reading the environment concurrently.
+        unsafe { std::env::remove_var(name) };
+    }
+}
+
+/// Spawn `command` with `channel` as descriptor 3 (its supervisor channel) in a
+/// process group of its own, so that a terminal's Ctrl-C reaches only the
+/// supervisor, which then stops the children in order.
+pub fn spawn_with_channel(mut command: Command, channel: OwnedFd) -> io::Result<Child> {
+    let raw = channel.as_raw_fd();
+    command.process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (dup2, fcntl) on descriptors that exist.
+    unsafe {
+        command.pre_exec(move || {
+            if raw == SUPERVISOR_FD {
+                // dup2 onto itself keeps FD_CLOEXEC: clear it by hand.
+                if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, SUPERVISOR_FD) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn();
+    drop(channel);
+    child
+}
+
+/// setgroups([]) → setresgid → setresuid, in that order (the other order would leave
+/// the process unable to change its groups).
+pub fn become_user(uid: u32, gid: u32) -> Result<(), SysError> {
+    let err = |source| SysError::Identity { uid, gid, source };
+    nix::unistd::setgroups(&[]).map_err(err)?;
+    let g = Gid::from_raw(gid);
+    nix::unistd::setresgid(g, g, g).map_err(err)?;
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(err)?;
+    Ok(())
+}
+
+/// Keep the permitted capabilities across the coming setresuid (PR_SET_KEEPCAPS).
+pub fn keep_capabilities_across_uid_change() -> Result<(), SysError> {
+    nix::sys::prctl::set_keepcaps(true).map_err(|source| SysError::Prctl {
+        what: "PR_SET_KEEPCAPS",
+        source,
+    })
+}
+
+/// Leave exactly `keep` in the effective and permitted sets, nothing inheritable
+/// and nothing ambient, so that no later exec could hand capabilities on.
+pub fn retain_only_capabilities(keep: &[Capability]) -> Result<(), SysError> {
+    let set: CapsHashSet = keep.iter().copied().collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &set)?;
+    caps::set(None, CapSet::Permitted, &set)?;
+    Ok(())
+}
+
+/// Limit the bounding set to `keep`: no process started from here on, even as root,
+/// can hold a capability outside it. Needs CAP_SETPCAP.
+pub fn limit_bounding_set(keep: &[Capability]) -> Result<(), SysError> {
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap)? {
+            caps::drop(None, CapSet::Bounding, cap)?;
+        }
+    }
+    Ok(())
+}
+
+/// The current effective capabilities.
+pub fn effective_capabilities() -> Result<CapsHashSet, SysError> {
+    Ok(caps::read(None, CapSet::Effective)?)
+}
+
+/// Be killed when the parent dies. Must be called after the last uid change, which
+/// clears it.
+pub fn die_with_parent() -> Result<(), SysError> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|source| {
+        SysError::Prctl {
+            what: "PR_SET_PDEATHSIG",
+            source,
+        }
+    })
+}
+
+/// PR_SET_NO_NEW_PRIVS: exec can never grant privileges again.
+pub fn set_no_new_privs() -> Result<(), SysError> {
+    nix::sys::prctl::set_no_new_privs().map_err(|source| SysError::Prctl {
+        what: "PR_SET_NO_NEW_PRIVS",
+        source,
+    })
+}
+
+/// Install `policy` on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC).
+pub fn install_seccomp(policy: &SeccompPolicy) -> Result<(), SysError> {
+    let program: seccompiler::BpfProgram = policy
+        .program
+        .iter()
+        .map(|&BpfInstruction { code, jt, jf, k }| seccompiler::sock_filter { code, jt, jf, k })
+        .collect();
+    seccompiler::apply_filter_all_threads(&program)?;
+    Ok(())
+}
+
+/// Take ownership of the supervisor channel on descriptor 3, after checking that it
+/// is a `SOCK_SEQPACKET` socket (a process started by hand with nothing there must
+/// fail clearly, not use whatever file happens to be open).
+pub fn take_supervisor_channel() -> io::Result<OwnedFd> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    // SAFETY: fd 3 is only borrowed for the getsockopt probe below; if it is not open
+    // the kernel answers EBADF and we never take ownership.
+    let probe = unsafe { BorrowedFd::borrow_raw(SUPERVISOR_FD) };
+    match getsockopt(&probe, sockopt::SockType) {
+        Ok(nix::sys::socket::SockType::SeqPacket) => {}
+        Ok(other) => {
+            return Err(io::Error::other(format!(
+                "descriptor 3 is a {other:?} socket, not SOCK_SEQPACKET"
+            )));
+        }
+        Err(e) => {
+            return Err(io::Error::other(format!(
+                "descriptor 3 is not the supervisor channel: {e}"
+            )));
+        }
+    }
+    // SAFETY: descriptor 3 is open (getsockopt succeeded), was inherited for exactly
+    // this purpose, and nothing else in the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(SUPERVISOR_FD) })
+}
+
+/// One datagram received from a `SOCK_SEQPACKET` channel.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Bytes placed in the buffer. 0 means the peer closed the channel.
+    pub len: usize,
+    /// The datagram was longer than the buffer (MSG_TRUNC).
+    pub truncated: bool,
+    /// More descriptors were attached than we accept (MSG_CTRUNC); they were closed.
+    pub control_truncated: bool,
+    /// Descriptors that came with it, already owned (closed when dropped).
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Receive one datagram without blocking, with at most `max_fds` descriptors
+/// (received close-on-exec).
+pub fn recv_datagram(socket: &impl std::os::fd::AsFd, buf: &mut [u8]) -> nix::Result<Datagram> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_fd().as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for fd in raw {
+                // SAFETY: the kernel just installed this descriptor in our table for
+                // this message (SCM_RIGHTS); nothing else refers to it yet.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Ok(Datagram {
+        len: msg.bytes,
+        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+        control_truncated: msg.flags.contains(MsgFlags::MSG_CTRUNC),
+        fds,
+    })
+}
+
+/// Send one datagram without blocking, optionally with one descriptor.
+pub fn send_datagram(
+    socket: &impl std::os::fd::AsFd,
+    bytes: &[u8],
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> nix::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let iov = [io::IoSlice::new(bytes)];
+    let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(
+        socket.as_fd().as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+}

@@ -1,0 +1,636 @@
+//! Messages between strata's processes.
+//!
+//! The rules (DESIGN.md, "Channels"):
+//! - One enum per channel and direction. A process that may ask for one thing holds
+//!   a channel that can carry only that thing: the engine's channel to the adjuster
+//!   carries [`EngineToAdjuster`] and nothing else.
+//! - Variant 0 of every enum is `Hello`. postcard is not self-describing, so the
+//!   variant order *is* the wire format: new variants go at the end, never between.
+//! - A frame is one `SOCK_SEQPACKET` datagram of at most [`MAX_FRAME`] bytes; the size
+//!   is checked before decoding and a frame must decode with no byte left over.
+//! - Messages carry state, not deltas, so that a re-spawned peer converges by itself.
+
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever any enum below changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Exit status of a child that must not be re-spawned (the adjuster's panic
+/// threshold): the supervisor raises an alarm instead.
+pub const EXIT_DO_NOT_RESPAWN: u8 = 100;
+
+/// Exit status of a child whose start-up failed (settings, privileges, sandbox).
+pub const EXIT_SETUP_FAILED: u8 = 70;
+
+/// Hard upper bound of one frame. A larger datagram is a protocol violation.
+pub const MAX_FRAME: usize = 16 * 1024;
+
+/// The processes of one appliance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    Supervisor,
+    Ntp,
+    Refclock,
+    Adjust,
+    Control,
+}
+
+impl Role {
+    /// The four sandboxed children, in start-up order: the adjuster first (the engine
+    /// wants the clock status), the control plane last. Shutdown runs in reverse.
+    pub const CHILDREN: [Role; 4] = [Role::Adjust, Role::Refclock, Role::Ntp, Role::Control];
+
+    /// Short name used in logs, configuration and the status file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Supervisor => "supervisor",
+            Role::Ntp => "ntp",
+            Role::Refclock => "refclock",
+            Role::Adjust => "adjust",
+            Role::Control => "control",
+        }
+    }
+
+    /// Executable name of the process.
+    pub const fn binary(self) -> &'static str {
+        match self {
+            Role::Supervisor => "strata",
+            Role::Ntp => "strata-ntp",
+            Role::Refclock => "strata-refclock",
+            Role::Adjust => "strata-adjust",
+            Role::Control => "strata-control",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        [
+            Role::Supervisor,
+            Role::Ntp,
+            Role::Refclock,
+            Role::Adjust,
+            Role::Control,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
+    }
+
+    /// The children this process has a direct channel with.
+    pub fn peers(self) -> impl Iterator<Item = Role> {
+        LINKS.iter().filter_map(move |&(a, b)| {
+            if a == self {
+                Some(b)
+            } else if b == self {
+                Some(a)
+            } else {
+                None
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every channel between two children. Refclock and adjuster have none: a refclock
+/// reader has nothing to ask of the clock.
+pub const LINKS: [(Role, Role); 5] = [
+    (Role::Ntp, Role::Adjust),
+    (Role::Refclock, Role::Ntp),
+    (Role::Control, Role::Ntp),
+    (Role::Control, Role::Adjust),
+    (Role::Control, Role::Refclock),
+];
+
+/// Variant 0 of every message enum: who is speaking, in which protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub role: Role,
+}
+
+impl Hello {
+    pub const fn new(role: Role) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            role,
+        }
+    }
+}
+
+/// A message of one channel direction.
+pub trait Message: Serialize + DeserializeOwned + std::fmt::Debug {
+    /// Whether a descriptor may travel with this message (`SCM_RIGHTS`).
+    fn carries_fd(&self) -> bool {
+        false
+    }
+}
+
+/// A message between two children: the type fixes the direction.
+pub trait PeerMessage: Message {
+    const FROM: Role;
+    const TO: Role;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    Oversized(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("frame does not decode: {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error("{0} bytes left over after the message")]
+    TrailingBytes(usize),
+    #[error("expected Hello, got another message")]
+    NotHello,
+    #[error("peer speaks protocol version {got}, this process speaks {PROTOCOL_VERSION}")]
+    Version { got: u32 },
+    #[error("peer says it is {got}, expected {expected}")]
+    WrongRole { got: Role, expected: Role },
+}
+
+/// Encode into `buf`; the slice returned is the frame to send.
+pub fn encode<'b, M: Message>(msg: &M, buf: &'b mut [u8]) -> Result<&'b [u8], FrameError> {
+    let cap = buf.len().min(MAX_FRAME);
+    match postcard::to_slice(msg, &mut buf[..cap]) {
+        Ok(frame) => Ok(frame),
+        Err(postcard::Error::SerializeBufferFull) => Err(FrameError::Oversized(cap + 1)),
+        Err(e) => Err(FrameError::Malformed(e)),
+    }
+}
+
+/// Decode one frame. The size is checked first; the whole frame must be consumed.
+pub fn decode<M: Message>(frame: &[u8]) -> Result<M, FrameError> {
+    if frame.len() > MAX_FRAME {
+        return Err(FrameError::Oversized(frame.len()));
+    }
+    if frame.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    let (msg, rest) = postcard::take_from_bytes::<M>(frame)?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes(rest.len()));
+    }
+    Ok(msg)
+}
+
+/// Only variant 0 of any message enum: encodes and decodes the handshake of any
+/// channel, byte for byte the same as that enum's own `Hello`.
+#[derive(Serialize, Deserialize)]
+enum Handshake {
+    Hello(Hello),
+}
+
+/// The handshake frame `role` sends first on every channel.
+pub fn encode_hello(role: Role, buf: &mut [u8]) -> &[u8] {
+    postcard::to_slice(&Handshake::Hello(Hello::new(role)), buf)
+        .expect("a Hello fits any frame buffer")
+}
+
+/// Check a channel's first frame: it must be `Hello` from `expected`, in our version.
+pub fn decode_hello(frame: &[u8], expected: Role) -> Result<Hello, FrameError> {
+    if frame.len() > MAX_FRAME {
+        return Err(FrameError::Oversized(frame.len()));
+    }
+    let (Handshake::Hello(hello), rest) =
+        postcard::take_from_bytes::<Handshake>(frame).map_err(|e| match e {
+            postcard::Error::DeserializeBadEnum => FrameError::NotHello,
+            e => FrameError::Malformed(e),
+        })?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes(rest.len()));
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return Err(FrameError::Version { got: hello.version });
+    }
+    if hello.role != expected {
+        return Err(FrameError::WrongRole {
+            got: hello.role,
+            expected,
+        });
+    }
+    Ok(hello)
+}
+
+macro_rules! channel {
+    ($ty:ident: $from:ident -> $to:ident) => {
+        impl Message for $ty {}
+        impl PeerMessage for $ty {
+            const FROM: Role = Role::$from;
+            const TO: Role = Role::$to;
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Supervisor channel (fixed descriptor 3 of every child)
+// ---------------------------------------------------------------------------
+
+/// Supervisor → child. Trusted: the supervisor is the parent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SupervisorToChild {
+    Hello(Hello),
+    /// Who to become and how to behave. Sent once, right after the handshake.
+    Start(Start),
+    /// A privileged resource opened by the supervisor; its descriptor travels with it.
+    Resource(Resource),
+    /// No more resources follow: drop privileges and install the sandbox now.
+    Sealed,
+    /// A channel to a peer; its descriptor travels with it. Sent at start and again
+    /// whenever that peer is re-spawned (the old channel is then dead).
+    Peer(Role),
+    /// Stop cleanly.
+    Shutdown,
+}
+
+impl Message for SupervisorToChild {
+    fn carries_fd(&self) -> bool {
+        matches!(
+            self,
+            SupervisorToChild::Resource(_) | SupervisorToChild::Peer(_)
+        )
+    }
+}
+
+/// Child → supervisor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ChildToSupervisor {
+    Hello(Hello),
+    /// Privileges dropped, sandbox installed, event loop running.
+    Ready,
+    /// Handshake with this peer completed.
+    Linked(Role),
+    /// The channel to this peer is gone.
+    Unlinked {
+        peer: Role,
+        reason: UnlinkReason,
+    },
+}
+
+impl Message for ChildToSupervisor {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnlinkReason {
+    /// The peer closed its end (it exited or was killed).
+    Closed,
+    /// The peer sent something that is not the protocol; we dropped it.
+    Violation,
+    /// A new channel to the same peer replaced this one.
+    Replaced,
+}
+
+/// The process's identity and settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    /// `None` in development mode: keep the invoking user.
+    pub identity: Option<Identity>,
+    pub log_level: LogLevel,
+    pub settings: Settings,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Per-process settings; the variant must match the receiving process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Settings {
+    Ntp(NtpSettings),
+    Refclock(RefclockSettings),
+    Adjust(AdjustSettings),
+    Control(ControlSettings),
+}
+
+impl Settings {
+    pub fn role(&self) -> Role {
+        match self {
+            Settings::Ntp(_) => Role::Ntp,
+            Settings::Refclock(_) => Role::Refclock,
+            Settings::Adjust(_) => Role::Adjust,
+            Settings::Control(_) => Role::Control,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NtpSettings {
+    /// chrony's `local stratum N`: serve as this stratum with refid LOCL while no
+    /// better reference is selected. `None`: unsynchronised until a source is.
+    pub local_stratum: Option<u8>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RefclockSettings {}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdjustSettings {
+    pub backend: ClockBackendKind,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ControlSettings {}
+
+/// Which clock the adjuster drives (DESIGN.md, "Clocks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClockBackendKind {
+    /// Measure and serve, never adjust (like `chronyd -x`).
+    None,
+    /// CLOCK_REALTIME through clock_adjtime.
+    System,
+}
+
+/// A privileged resource handed over by the supervisor, with its descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resource {
+    /// A bound UDP socket on which the engine serves NTP.
+    NtpSocket { local: SocketAddr },
+}
+
+// ---------------------------------------------------------------------------
+// Engine ↔ adjuster: the only way the packet-parsing process reaches the clock.
+// ---------------------------------------------------------------------------
+
+/// Engine → adjuster: bounded clock requests and nothing else.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EngineToAdjuster {
+    Hello(Hello),
+    ReadStatus,
+    /// Correct this offset gradually (positive: the clock is behind).
+    Slew {
+        offset_s: f64,
+    },
+    /// Set the clock's frequency correction.
+    SetFrequency {
+        ppm: f64,
+    },
+    /// Step by this offset; the adjuster allows it only inside its makestep window.
+    Step {
+        offset_s: f64,
+    },
+    SetLeap(Leap),
+}
+channel!(EngineToAdjuster: Ntp -> Adjust);
+
+/// Adjuster → engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AdjusterToEngine {
+    Hello(Hello),
+    Status(ClockStatus),
+    Refused {
+        request: ClockRequestKind,
+        reason: String,
+    },
+}
+channel!(AdjusterToEngine: Adjust -> Ntp);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClockRequestKind {
+    Slew,
+    SetFrequency,
+    Step,
+    SetLeap,
+    MakeStep,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Leap {
+    #[default]
+    None,
+    InsertSecond,
+    DeleteSecond,
+}
+
+/// What the adjuster reports about the clock it drives: state, not deltas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClockStatus {
+    pub backend: ClockBackendKind,
+    pub frequency_ppm: f64,
+    pub leap: Leap,
+    /// Steps still allowed in this boot.
+    pub steps_left: u32,
+}
+
+// ---------------------------------------------------------------------------
+// Refclock reader ↔ engine
+// ---------------------------------------------------------------------------
+
+/// Refclock reader → engine: samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RefclockToEngine {
+    Hello(Hello),
+    Sample(RefclockSample),
+}
+channel!(RefclockToEngine: Refclock -> Ntp);
+
+/// Engine → refclock reader: nothing yet but the handshake.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EngineToRefclock {
+    Hello(Hello),
+}
+channel!(EngineToRefclock: Ntp -> Refclock);
+
+/// One measurement of a reference clock against the system clock.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefclockSample {
+    /// Index of the refclock in the configuration.
+    pub refclock: u16,
+    /// System clock time of the sample, ns since the Unix epoch.
+    pub system_time_ns: i64,
+    /// Reference minus system clock, seconds.
+    pub offset_s: f64,
+    pub dispersion_s: f64,
+}
+
+// ---------------------------------------------------------------------------
+// Control plane ↔ the others: queries and operator commands.
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlToEngine {
+    Hello(Hello),
+    ReadStatus,
+}
+channel!(ControlToEngine: Control -> Ntp);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EngineToControl {
+    Hello(Hello),
+    Status(EngineStatus),
+}
+channel!(EngineToControl: Ntp -> Control);
+
+/// The engine's counters and view of its peers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub ntp_received: u64,
+    pub ntp_answered: u64,
+    pub ntp_dropped: u64,
+    pub clock: Option<ClockStatus>,
+    pub refclock_samples: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlToAdjuster {
+    Hello(Hello),
+    ReadStatus,
+    /// Operator-authorised step (`stratactl makestep`), checked against the policy.
+    MakeStep,
+}
+channel!(ControlToAdjuster: Control -> Adjust);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AdjusterToControl {
+    Hello(Hello),
+    Status(ClockStatus),
+    Refused {
+        request: ClockRequestKind,
+        reason: String,
+    },
+}
+channel!(AdjusterToControl: Adjust -> Control);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlToRefclock {
+    Hello(Hello),
+    ReadStatus,
+}
+channel!(ControlToRefclock: Control -> Refclock);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RefclockToControl {
+    Hello(Hello),
+    Status(RefclockStatus),
+}
+channel!(RefclockToControl: Refclock -> Control);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RefclockStatus {
+    pub refclocks: u16,
+    pub samples_sent: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame<M: Message>(msg: &M) -> Vec<u8> {
+        let mut buf = [0u8; MAX_FRAME];
+        encode(msg, &mut buf).unwrap().to_vec()
+    }
+
+    /// The generic handshake frame must decode as each enum's own `Hello`.
+    fn hello_is_variant_zero<M: PeerMessage + PartialEq>() {
+        let mut buf = [0u8; 64];
+        let f = encode_hello(M::FROM, &mut buf).to_vec();
+        let typed: M = decode(&f).unwrap();
+        assert_eq!(frame(&typed), f, "{}", std::any::type_name::<M>());
+        assert_eq!(decode_hello(&f, M::FROM).unwrap(), Hello::new(M::FROM));
+    }
+
+    #[test]
+    fn every_channel_starts_with_a_decodable_hello() {
+        hello_is_variant_zero::<EngineToAdjuster>();
+        hello_is_variant_zero::<AdjusterToEngine>();
+        hello_is_variant_zero::<RefclockToEngine>();
+        hello_is_variant_zero::<EngineToRefclock>();
+        hello_is_variant_zero::<ControlToEngine>();
+        hello_is_variant_zero::<EngineToControl>();
+        hello_is_variant_zero::<ControlToAdjuster>();
+        hello_is_variant_zero::<AdjusterToControl>();
+        hello_is_variant_zero::<ControlToRefclock>();
+        hello_is_variant_zero::<RefclockToControl>();
+        let sup = frame(&SupervisorToChild::Hello(Hello::new(Role::Supervisor)));
+        assert_eq!(
+            decode_hello(&sup, Role::Supervisor).unwrap().role,
+            Role::Supervisor
+        );
+        let child = frame(&ChildToSupervisor::Hello(Hello::new(Role::Adjust)));
+        assert_eq!(
+            decode_hello(&child, Role::Adjust).unwrap().role,
+            Role::Adjust
+        );
+    }
+
+    #[test]
+    fn hello_from_the_wrong_role_or_version_is_refused() {
+        let f = frame(&EngineToAdjuster::Hello(Hello::new(Role::Ntp)));
+        assert_eq!(
+            decode_hello(&f, Role::Control),
+            Err(FrameError::WrongRole {
+                got: Role::Ntp,
+                expected: Role::Control
+            })
+        );
+        let mut old = f.clone();
+        old[1] = 9; // version varint
+        assert_eq!(
+            decode_hello(&old, Role::Ntp),
+            Err(FrameError::Version { got: 9 })
+        );
+        assert_eq!(
+            decode_hello(&frame(&EngineToAdjuster::ReadStatus), Role::Ntp),
+            Err(FrameError::NotHello)
+        );
+    }
+
+    #[test]
+    fn a_frame_round_trips_and_bad_frames_are_refused() {
+        let msg = EngineToAdjuster::Slew { offset_s: -0.25 };
+        let f = frame(&msg);
+        assert_eq!(decode::<EngineToAdjuster>(&f).unwrap(), msg);
+        assert!(matches!(
+            decode::<EngineToAdjuster>(&f[..f.len() - 1]),
+            Err(FrameError::Malformed(_))
+        ));
+        let mut long = f.clone();
+        long.push(0);
+        assert_eq!(
+            decode::<EngineToAdjuster>(&long),
+            Err(FrameError::TrailingBytes(1))
+        );
+        assert_eq!(
+            decode::<EngineToAdjuster>(&vec![0; MAX_FRAME + 1]),
+            Err(FrameError::Oversized(MAX_FRAME + 1))
+        );
+        assert_eq!(decode::<EngineToAdjuster>(&[]), Err(FrameError::Empty));
+        assert!(matches!(
+            decode::<EngineToAdjuster>(&[200]),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn only_resources_and_peers_carry_descriptors() {
+        assert!(SupervisorToChild::Peer(Role::Ntp).carries_fd());
+        assert!(!SupervisorToChild::Sealed.carries_fd());
+        assert!(!EngineToAdjuster::ReadStatus.carries_fd());
+    }
+
+    #[test]
+    fn links_are_symmetric_and_the_adjuster_never_meets_the_refclock() {
+        for role in Role::CHILDREN {
+            for peer in role.peers() {
+                assert!(peer.peers().any(|p| p == role));
+            }
+        }
+        assert!(!Role::Adjust.peers().any(|p| p == Role::Refclock));
+        assert_eq!(Role::Control.peers().count(), 3);
+    }
+}

@@ -1,0 +1,7 @@
+//! strata's wire formats.
+//!
+//! - [`ipc`]: the messages that cross the process boundaries inside one appliance
+//!   (postcard over `SOCK_SEQPACKET`), one enum per channel and direction.
+#![forbid(unsafe_code)]
+
+pub mod ipc;
