@@ -198,11 +198,11 @@ pub fn decode_hello(frame: &[u8], expected: Role) -> Result<Hello, FrameError> {
     if frame.len() > MAX_FRAME {
         return Err(FrameError::Oversized(frame.len()));
     }
-    let (Handshake::Hello(hello), rest) =
-        postcard::take_from_bytes::<Handshake>(frame).map_err(|e| match e {
-            postcard::Error::DeserializeBadEnum => FrameError::NotHello,
-            e => FrameError::Malformed(e),
-        })?;
+    // Variant 0 is the single byte 0 in postcard's varint.
+    if frame.first() != Some(&0) {
+        return Err(FrameError::NotHello);
+    }
+    let (Handshake::Hello(hello), rest) = postcard::take_from_bytes::<Handshake>(frame)?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes(rest.len()));
     }
