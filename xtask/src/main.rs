@@ -1,1 +1,107 @@
-fn main() {}
+//! `cargo xtask`: strata's automation, in Rust rather than shell.
+//!
+//! - `cargo xtask ci`: what CI runs — installs what the tests need (Debian packages,
+//!   the appliance's system users), then fmt, clippy, build and every test.
+//! - `cargo xtask demo`: builds and runs the appliance with deploy/examples/demo.toml.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages the tests use, by the command that shows they are installed.
+const PACKAGES: &[(&str, &str)] = &[
+    // systemd-sysusers creates the appliance's users from deploy/sysusers.d.
+    ("systemd-sysusers", "systemd"),
+    ("python3", "python3"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("demo") => demo(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|demo>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.current_dir(root()).status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed: {status}")) }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn have(command: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {command}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Install the missing Debian packages (needs root).
+fn ensure_packages() -> Result {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(cmd, _)| !have(cmd)).map(|&(_, pkg)| pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err(format!("missing packages {missing:?}; run as root to install them"));
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing))
+}
+
+/// Create the appliance's system users (needs root).
+fn ensure_users() -> Result {
+    let conf = root().join("deploy/sysusers.d/strata.conf");
+    run(Command::new("systemd-sysusers").arg(&conf))
+}
+
+fn ci() -> Result {
+    if is_root() {
+        ensure_packages()?;
+        ensure_users()?;
+    } else if in_ci() {
+        return Err("CI runs as root: the sandbox tests need real users and capabilities".into());
+    } else {
+        eprintln!("xtask: not root; tests that need root will say so and pass over their root-only part");
+    }
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    run(cargo().args(["test", "--workspace"]))
+}
+
+fn demo() -> Result {
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    if is_root() {
+        ensure_users()?;
+    }
+    let strata = root().join("target/release/strata");
+    let config = root().join("deploy/examples/demo.toml");
+    run(Command::new(strata).arg("run").arg("--config").arg(config))
+}
