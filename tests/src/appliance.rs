@@ -1,0 +1,168 @@
+//! The whole appliance, started with `strata run` as a user would, watched through
+//! its status file, its log and /proc.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Deserialize;
+
+use crate::{bin_dir, ensure_built, free_udp_port, scratch_dir, wait_for};
+
+/// Mirror of the supervisor's `status.json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Status {
+    pub supervisor_pid: u32,
+    pub mode: String,
+    pub state: String,
+    pub processes: Vec<ProcessStatus>,
+    pub alarms: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ProcessStatus {
+    pub role: String,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub state: String,
+    pub ready_since_ms: Option<u64>,
+    pub spawns: u32,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub linked: Vec<String>,
+}
+
+impl Status {
+    pub fn process(&self, role: &str) -> &ProcessStatus {
+        self.processes.iter().find(|p| p.role == role).unwrap_or_else(|| panic!("no process {role}"))
+    }
+
+    /// Every child ready and linked with every peer it has.
+    pub fn all_linked(&self) -> bool {
+        self.processes.iter().all(|p| p.state == "ready" && p.linked.len() == peers(&p.role))
+    }
+}
+
+/// How many peers each child has (see `strata_proto::ipc::LINKS`).
+pub fn peers(role: &str) -> usize {
+    strata_proto::ipc::Role::from_name(role).map_or(0, |r| r.peers().count())
+}
+
+pub const CHILDREN: [&str; 4] = ["adjust", "refclock", "ntp", "control"];
+
+pub struct Appliance {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub ntp_port: u16,
+    supervisor: Option<Child>,
+}
+
+impl Appliance {
+    /// Start with the demo's settings (clock backend `none`, NTP on a free loopback
+    /// port) plus `extra` TOML appended to the `[supervisor]` table, and wait until
+    /// every process is ready and linked.
+    pub fn start(name: &str, extra_supervisor: &str) -> Appliance {
+        ensure_built();
+        let dir = scratch_dir(name);
+        let ntp_port = free_udp_port();
+        let config = dir.join("strata.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[supervisor]\nruntime-dir = {:?}\nlog-level = \"debug\"\n{extra_supervisor}\n\n\
+                 [clock]\nbackend = \"none\"\n\n[server]\nlisten = [\"127.0.0.1:{ntp_port}\"]\nlocal-stratum = 1\n",
+                dir.join("run").display().to_string()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("strata.log")).unwrap();
+        let supervisor = Command::new(bin_dir().join("strata"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn strata");
+        let mut appliance = Appliance { dir, config, ntp_port, supervisor: Some(supervisor) };
+        appliance.wait_until("every process ready and linked", Duration::from_secs(10), Status::all_linked);
+        appliance
+    }
+
+    pub fn supervisor_pid(&self) -> u32 {
+        self.supervisor.as_ref().expect("running").id()
+    }
+
+    /// The current status file, if it can be read.
+    pub fn try_status(&self) -> Option<Status> {
+        let text = std::fs::read_to_string(self.dir.join("run/status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn status(&self) -> Status {
+        self.try_status().expect("status.json")
+    }
+
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, check: impl Fn(&Status) -> bool) -> Status {
+        let supervisor = self.supervisor.as_mut().expect("running");
+        wait_for(what, timeout, || {
+            if let Ok(Some(exit)) = supervisor.try_wait() {
+                panic!("strata exited ({exit}) while waiting for {what}; log:\n{}", log(&self.dir));
+            }
+            self_status(&self.dir).filter(&check)
+        })
+    }
+
+    pub fn pid_of(&self, role: &str) -> u32 {
+        self.status().process(role).pid.unwrap_or_else(|| panic!("{role} is not running"))
+    }
+
+    /// kill -9 a child and return when its replacement is ready and linked with
+    /// all its peers; returns the new pid and how long that took.
+    pub fn kill_and_wait_replacement(&mut self, role: &str) -> (u32, Duration) {
+        let old = self.pid_of(role);
+        let start = Instant::now();
+        kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+        let status = self.wait_until(&format!("a new {role} ready and linked"), Duration::from_secs(10), |s| {
+            let p = s.process(role);
+            p.pid.is_some_and(|pid| pid != old) && s.all_linked()
+        });
+        (status.process(role).pid.unwrap(), start.elapsed())
+    }
+
+    pub fn log(&self) -> String {
+        log(&self.dir)
+    }
+
+    /// SIGTERM and wait for the supervisor to exit; returns its exit code and how
+    /// long it took.
+    pub fn stop(&mut self) -> (Option<i32>, Duration) {
+        let mut child = self.supervisor.take().expect("running");
+        let start = Instant::now();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        (status.code(), start.elapsed())
+    }
+}
+
+fn self_status(dir: &std::path::Path) -> Option<Status> {
+    let text = std::fs::read_to_string(dir.join("run/status.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn log(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("strata.log")).unwrap_or_default()
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        // The children die with the supervisor (PR_SET_PDEATHSIG).
+        if let Some(mut child) = self.supervisor.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

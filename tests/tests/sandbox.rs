@@ -1,0 +1,68 @@
+//! The security claims of the process split, checked on the running system.
+
+use std::collections::BTreeSet;
+
+use strata_tests::appliance::{Appliance, CHILDREN};
+use strata_tests::{CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SYS_TIME, cap_mask, proc_status, require_root};
+
+#[test]
+fn four_children_under_four_users_with_only_the_adjuster_holding_a_capability() {
+    if !require_root("sandbox") {
+        return;
+    }
+    let appliance = Appliance::start("sandbox", "");
+    let status = appliance.status();
+    assert_eq!(status.mode, "production");
+
+    let mut uids = BTreeSet::new();
+    for role in CHILDREN {
+        let pid = appliance.pid_of(role);
+        let proc = proc_status(pid).unwrap();
+        let uid: Vec<u32> = proc["Uid"].split_whitespace().map(|u| u.parse().unwrap()).collect();
+        assert!(uid.iter().all(|&u| u == uid[0] && u != 0), "{role}: uids {uid:?}");
+        let gid: Vec<u32> = proc["Gid"].split_whitespace().map(|g| g.parse().unwrap()).collect();
+        assert!(gid.iter().all(|&g| g != 0), "{role}: gids {gid:?}");
+        assert_eq!(proc["Groups"], "", "{role}: supplementary groups");
+        uids.insert(uid[0]);
+
+        let expected = if role == "adjust" { CAP_SYS_TIME } else { 0 };
+        assert_eq!(cap_mask(&proc, "CapEff"), expected, "{role}: effective capabilities");
+        assert_eq!(cap_mask(&proc, "CapPrm"), expected, "{role}: permitted capabilities");
+        assert_eq!(cap_mask(&proc, "CapInh"), 0, "{role}: inheritable capabilities");
+        assert_eq!(cap_mask(&proc, "CapAmb"), 0, "{role}: ambient capabilities");
+        assert_eq!(proc["Seccomp"], "2", "{role}: seccomp filter mode");
+        assert_eq!(proc["NoNewPrivs"], "1", "{role}: no_new_privs");
+    }
+    assert_eq!(uids.len(), 4, "four distinct uids: {uids:?}");
+
+    // The supervisor keeps CAP_KILL (to stop children under other uids) and bounds
+    // everything it can ever start to what the children need.
+    let sup = proc_status(appliance.supervisor_pid()).unwrap();
+    assert_eq!(cap_mask(&sup, "CapEff"), CAP_KILL);
+    assert_eq!(cap_mask(&sup, "CapPrm"), CAP_KILL);
+    assert_eq!(cap_mask(&sup, "CapBnd"), CAP_KILL | CAP_SETUID | CAP_SETGID | CAP_SYS_TIME);
+
+    // Five processes in all: the supervisor and its four children, nothing else.
+    let children: Vec<u32> = std::fs::read_to_string(format!(
+        "/proc/{0}/task/{0}/children",
+        appliance.supervisor_pid()
+    ))
+    .unwrap()
+    .split_whitespace()
+    .map(|p| p.parse().unwrap())
+    .collect();
+    assert_eq!(children.len(), 4, "supervisor's children: {children:?}");
+}
+
+#[test]
+fn a_child_started_by_hand_without_its_channel_refuses_to_run() {
+    strata_tests::ensure_built();
+    for role in CHILDREN {
+        let out = std::process::Command::new(strata_tests::bin_dir().join(format!("strata-{role}")))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(70), "{role}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("descriptor 3 is not the supervisor channel"), "{role}: {err}");
+    }
+}
