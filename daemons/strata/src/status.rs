@@ -78,10 +78,7 @@ pub fn show(config: &Path, json: bool) -> ExitCode {
         "supervisor pid {} ({} mode, {})",
         status.supervisor_pid, status.mode, status.state
     );
-    println!(
-        "{:<9} {:>7} {:>6} {:<10} {:>7} {:<24} {}",
-        "process", "pid", "uid", "state", "restarts", "linked", "last exit"
-    );
+    println!("process       pid    uid state      restarts linked                   last exit");
     for p in &status.processes {
         let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
         println!(

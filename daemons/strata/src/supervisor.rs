@@ -469,10 +469,10 @@ impl Supervisor {
                     .instance
                     .as_ref()
                     .and_then(|x| x.channel.as_ref());
-                if let Some(ch) = ch {
-                    if let Err(e) = ch.send(&SupervisorToChild::Peer(other), Some(end.as_fd())) {
-                        warn!(process = %self.slots[k].role, "cannot hand over its channel to {other}: {e}");
-                    }
+                if let Some(ch) = ch
+                    && let Err(e) = ch.send(&SupervisorToChild::Peer(other), Some(end.as_fd()))
+                {
+                    warn!(process = %self.slots[k].role, "cannot hand over its channel to {other}: {e}");
                 }
             }
         }
