@@ -64,6 +64,12 @@ impl Appliance {
     /// port) plus `extra` TOML appended to the `[supervisor]` table, and wait until
     /// every process is ready and linked.
     pub fn start(name: &str, extra_supervisor: &str) -> Appliance {
+        Appliance::start_as(name, extra_supervisor, None)
+    }
+
+    /// As [`Appliance::start`], with the supervisor started under `uid` (through
+    /// `setpriv`, no capabilities): how a developer runs it without root.
+    pub fn start_as(name: &str, extra_supervisor: &str, uid: Option<u32>) -> Appliance {
         ensure_built();
         let dir = scratch_dir(name);
         let ntp_port = free_udp_port();
@@ -78,7 +84,20 @@ impl Appliance {
         )
         .unwrap();
         let log = std::fs::File::create(dir.join("strata.log")).unwrap();
-        let supervisor = Command::new(bin_dir().join("strata"))
+        let mut command = match uid {
+            None => Command::new(bin_dir().join("strata")),
+            Some(uid) => {
+                std::fs::create_dir_all(dir.join("run")).unwrap();
+                nix::unistd::chown(&dir.join("run"), Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(bin_dir().join("strata"));
+                c
+            }
+        };
+        let supervisor = command
             .arg("run")
             .arg("--config")
             .arg(&config)
