@@ -66,15 +66,9 @@ impl Role {
     }
 
     pub fn from_name(name: &str) -> Option<Role> {
-        [
-            Role::Supervisor,
-            Role::Ntp,
-            Role::Refclock,
-            Role::Adjust,
-            Role::Control,
-        ]
-        .into_iter()
-        .find(|r| r.name() == name)
+        [Role::Supervisor, Role::Ntp, Role::Refclock, Role::Adjust, Role::Control]
+            .into_iter()
+            .find(|r| r.name() == name)
     }
 
     /// The children this process has a direct channel with.
@@ -116,10 +110,7 @@ pub struct Hello {
 
 impl Hello {
     pub const fn new(role: Role) -> Hello {
-        Hello {
-            version: PROTOCOL_VERSION,
-            role,
-        }
+        Hello { version: PROTOCOL_VERSION, role }
     }
 }
 
@@ -189,8 +180,7 @@ enum Handshake {
 
 /// The handshake frame `role` sends first on every channel.
 pub fn encode_hello(role: Role, buf: &mut [u8]) -> &[u8] {
-    postcard::to_slice(&Handshake::Hello(Hello::new(role)), buf)
-        .expect("a Hello fits any frame buffer")
+    postcard::to_slice(&Handshake::Hello(Hello::new(role)), buf).expect("a Hello fits any frame buffer")
 }
 
 /// Check a channel's first frame: it must be `Hello` from `expected`, in our version.
@@ -210,10 +200,7 @@ pub fn decode_hello(frame: &[u8], expected: Role) -> Result<Hello, FrameError> {
         return Err(FrameError::Version { got: hello.version });
     }
     if hello.role != expected {
-        return Err(FrameError::WrongRole {
-            got: hello.role,
-            expected,
-        });
+        return Err(FrameError::WrongRole { got: hello.role, expected });
     }
     Ok(hello)
 }
@@ -243,18 +230,20 @@ pub enum SupervisorToChild {
     /// No more resources follow: drop privileges and install the sandbox now.
     Sealed,
     /// A channel to a peer; its descriptor travels with it. Sent at start and again
-    /// whenever that peer is re-spawned (the old channel is then dead).
-    Peer(Role),
+    /// whenever that peer is re-spawned (the old channel is then dead). `link`
+    /// names this channel in the child's reports, so that a report about an old
+    /// channel is never taken for one about its replacement.
+    Peer {
+        peer: Role,
+        link: u64,
+    },
     /// Stop cleanly.
     Shutdown,
 }
 
 impl Message for SupervisorToChild {
     fn carries_fd(&self) -> bool {
-        matches!(
-            self,
-            SupervisorToChild::Resource(_) | SupervisorToChild::Peer(_)
-        )
+        matches!(self, SupervisorToChild::Resource(_) | SupervisorToChild::Peer { .. })
     }
 }
 
@@ -264,11 +253,15 @@ pub enum ChildToSupervisor {
     Hello(Hello),
     /// Privileges dropped, sandbox installed, event loop running.
     Ready,
-    /// Handshake with this peer completed.
-    Linked(Role),
-    /// The channel to this peer is gone.
+    /// Handshake with this peer completed on channel `link`.
+    Linked {
+        peer: Role,
+        link: u64,
+    },
+    /// Channel `link` to this peer is gone.
     Unlinked {
         peer: Role,
+        link: u64,
         reason: UnlinkReason,
     },
 }
@@ -393,10 +386,7 @@ channel!(EngineToAdjuster: Ntp -> Adjust);
 pub enum AdjusterToEngine {
     Hello(Hello),
     Status(ClockStatus),
-    Refused {
-        request: ClockRequestKind,
-        reason: String,
-    },
+    Refused { request: ClockRequestKind, reason: String },
 }
 channel!(AdjusterToEngine: Adjust -> Ntp);
 
@@ -499,10 +489,7 @@ channel!(ControlToAdjuster: Control -> Adjust);
 pub enum AdjusterToControl {
     Hello(Hello),
     Status(ClockStatus),
-    Refused {
-        request: ClockRequestKind,
-        reason: String,
-    },
+    Refused { request: ClockRequestKind, reason: String },
 }
 channel!(AdjusterToControl: Adjust -> Control);
 
@@ -557,15 +544,9 @@ mod tests {
         hello_is_variant_zero::<ControlToRefclock>();
         hello_is_variant_zero::<RefclockToControl>();
         let sup = frame(&SupervisorToChild::Hello(Hello::new(Role::Supervisor)));
-        assert_eq!(
-            decode_hello(&sup, Role::Supervisor).unwrap().role,
-            Role::Supervisor
-        );
+        assert_eq!(decode_hello(&sup, Role::Supervisor).unwrap().role, Role::Supervisor);
         let child = frame(&ChildToSupervisor::Hello(Hello::new(Role::Adjust)));
-        assert_eq!(
-            decode_hello(&child, Role::Adjust).unwrap().role,
-            Role::Adjust
-        );
+        assert_eq!(decode_hello(&child, Role::Adjust).unwrap().role, Role::Adjust);
     }
 
     #[test]
@@ -573,21 +554,12 @@ mod tests {
         let f = frame(&EngineToAdjuster::Hello(Hello::new(Role::Ntp)));
         assert_eq!(
             decode_hello(&f, Role::Control),
-            Err(FrameError::WrongRole {
-                got: Role::Ntp,
-                expected: Role::Control
-            })
+            Err(FrameError::WrongRole { got: Role::Ntp, expected: Role::Control })
         );
         let mut old = f.clone();
         old[1] = 9; // version varint
-        assert_eq!(
-            decode_hello(&old, Role::Ntp),
-            Err(FrameError::Version { got: 9 })
-        );
-        assert_eq!(
-            decode_hello(&frame(&EngineToAdjuster::ReadStatus), Role::Ntp),
-            Err(FrameError::NotHello)
-        );
+        assert_eq!(decode_hello(&old, Role::Ntp), Err(FrameError::Version { got: 9 }));
+        assert_eq!(decode_hello(&frame(&EngineToAdjuster::ReadStatus), Role::Ntp), Err(FrameError::NotHello));
     }
 
     #[test]
@@ -595,30 +567,18 @@ mod tests {
         let msg = EngineToAdjuster::Slew { offset_s: -0.25 };
         let f = frame(&msg);
         assert_eq!(decode::<EngineToAdjuster>(&f).unwrap(), msg);
-        assert!(matches!(
-            decode::<EngineToAdjuster>(&f[..f.len() - 1]),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode::<EngineToAdjuster>(&f[..f.len() - 1]), Err(FrameError::Malformed(_))));
         let mut long = f.clone();
         long.push(0);
-        assert_eq!(
-            decode::<EngineToAdjuster>(&long),
-            Err(FrameError::TrailingBytes(1))
-        );
-        assert_eq!(
-            decode::<EngineToAdjuster>(&vec![0; MAX_FRAME + 1]),
-            Err(FrameError::Oversized(MAX_FRAME + 1))
-        );
+        assert_eq!(decode::<EngineToAdjuster>(&long), Err(FrameError::TrailingBytes(1)));
+        assert_eq!(decode::<EngineToAdjuster>(&vec![0; MAX_FRAME + 1]), Err(FrameError::Oversized(MAX_FRAME + 1)));
         assert_eq!(decode::<EngineToAdjuster>(&[]), Err(FrameError::Empty));
-        assert!(matches!(
-            decode::<EngineToAdjuster>(&[200]),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode::<EngineToAdjuster>(&[200]), Err(FrameError::Malformed(_))));
     }
 
     #[test]
     fn only_resources_and_peers_carry_descriptors() {
-        assert!(SupervisorToChild::Peer(Role::Ntp).carries_fd());
+        assert!(SupervisorToChild::Peer { peer: Role::Ntp, link: 1 }.carries_fd());
         assert!(!SupervisorToChild::Sealed.carries_fd());
         assert!(!EngineToAdjuster::ReadStatus.carries_fd());
     }

@@ -85,9 +85,16 @@ pub fn zombies_of(pid: u32) -> Vec<u32> {
     found
 }
 
-/// Number of open descriptors of `pid`.
+/// Number of open descriptors of `pid` at rest: the least of several looks, so
+/// that a file open for a moment (the status file being rewritten) does not count.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 pub fn alive(pid: u32) -> bool {

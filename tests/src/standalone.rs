@@ -81,11 +81,14 @@ impl Standalone {
     }
 
     /// Hand the process a channel to `peer` and return the other end (the test
-    /// plays the peer). Nothing has been said on it yet by the test.
-    pub fn link(&self, peer: Role) -> Channel {
+    /// plays the peer) with the link id. Nothing has been said on it yet by the test.
+    pub fn link(&self, peer: Role) -> (Channel, u64) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let link = NEXT.fetch_add(1, Ordering::Relaxed);
         let (ours, theirs) = Channel::pair().unwrap();
-        self.supervisor.send(&SupervisorToChild::Peer(peer), Some(theirs.as_fd())).unwrap();
-        ours
+        self.supervisor.send(&SupervisorToChild::Peer { peer, link }, Some(theirs.as_fd())).unwrap();
+        (ours, link)
     }
 
     fn wait_readable(&self, timeout: Duration) -> bool {

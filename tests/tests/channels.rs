@@ -29,19 +29,19 @@ fn hello_frame(role: Role) -> Vec<u8> {
 }
 
 /// Link `peer`, complete the handshake as that peer, and check the process says so.
-fn linked(process: &Standalone, peer: Role) -> Channel {
-    let ch = process.link(peer);
+fn linked(process: &Standalone, peer: Role) -> (Channel, u64) {
+    let (ch, link) = process.link(peer);
     ch.send_frame(&hello_frame(peer), None).unwrap();
-    assert_eq!(process.next_report(WAIT), Some(ChildToSupervisor::Linked(peer)), "{} ← {peer}", process.role);
-    ch
+    assert_eq!(process.next_report(WAIT), Some(ChildToSupervisor::Linked { peer, link }), "{} ← {peer}", process.role);
+    (ch, link)
 }
 
 /// The process reports that it dropped `peer` for a violation and closed its end.
-fn dropped(process: &mut Standalone, peer: Role, ch: &Channel, case: &str) {
+fn dropped(process: &mut Standalone, peer: Role, (ch, link): &(Channel, u64), case: &str) {
     let report = process.next_report(WAIT);
     assert_eq!(
         report,
-        Some(ChildToSupervisor::Unlinked { peer, reason: UnlinkReason::Violation }),
+        Some(ChildToSupervisor::Unlinked { peer, link: *link, reason: UnlinkReason::Violation }),
         "{} ← {peer}: {case}",
         process.role
     );
@@ -70,31 +70,31 @@ fn garbage_on_any_channel_drops_that_peer_and_nothing_else() {
             ];
             for (case, frame) in cases {
                 let ch = process.link(peer);
-                ch.send_frame(&frame, None).unwrap();
+                ch.0.send_frame(&frame, None).unwrap();
                 dropped(&mut process, peer, &ch, case);
             }
             // After the handshake: noise, an oversized frame, a second Hello, a
             // descriptor where none belongs.
             for seed in 1..=8 {
                 let ch = linked(&process, peer);
-                ch.send_frame(&noise(seed * 7919, 8 + seed as usize * 13), None).unwrap();
+                ch.0.send_frame(&noise(seed * 7919, 8 + seed as usize * 13), None).unwrap();
                 dropped(&mut process, peer, &ch, &format!("noise seed {seed}"));
             }
             let ch = linked(&process, peer);
-            ch.send_frame(&vec![1u8; MAX_FRAME + 1], None).unwrap();
+            ch.0.send_frame(&vec![1u8; MAX_FRAME + 1], None).unwrap();
             dropped(&mut process, peer, &ch, "oversized frame");
 
             let ch = linked(&process, peer);
-            ch.send_frame(&hello_frame(peer), None).unwrap();
+            ch.0.send_frame(&hello_frame(peer), None).unwrap();
             dropped(&mut process, peer, &ch, "second Hello");
 
             let ch = linked(&process, peer);
             let (spare, _keep) = Channel::pair().unwrap();
-            ch.send_frame(&[1], Some(spare.as_fd())).unwrap();
+            ch.0.send_frame(&[1], Some(spare.as_fd())).unwrap();
             dropped(&mut process, peer, &ch, "unexpected descriptor");
         }
         // Still whole: every peer links again and the process answers the supervisor.
-        let links: Vec<Channel> = role.peers().map(|peer| linked(&process, peer)).collect();
+        let links: Vec<(Channel, u64)> = role.peers().map(|peer| linked(&process, peer)).collect();
         assert_eq!(links.len(), role.peers().count());
         assert!(process.running());
     }
@@ -103,10 +103,10 @@ fn garbage_on_any_channel_drops_that_peer_and_nothing_else() {
 #[test]
 fn a_peer_that_hangs_up_is_reported_closed_not_violating() {
     let process = Standalone::start(Role::Adjust, Vec::new());
-    let ch = linked(&process, Role::Ntp);
+    let (ch, link) = linked(&process, Role::Ntp);
     drop(ch);
     assert_eq!(
         process.next_report(WAIT),
-        Some(ChildToSupervisor::Unlinked { peer: Role::Ntp, reason: UnlinkReason::Closed })
+        Some(ChildToSupervisor::Unlinked { peer: Role::Ntp, link, reason: UnlinkReason::Closed })
     );
 }

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
-    AdjusterToControl, AdjusterToEngine, ClockBackendKind, ClockRequestKind, ClockStatus,
-    ControlToAdjuster, EngineToAdjuster, Leap, Resource, Role, Settings,
+    AdjusterToControl, AdjusterToEngine, ClockBackendKind, ClockRequestKind, ClockStatus, ControlToAdjuster,
+    EngineToAdjuster, Leap, Resource, Role, Settings,
 };
 use strata_sys::Capability;
 use tracing::{info, warn};
@@ -28,37 +28,20 @@ struct Adjuster {
 
 impl Adjuster {
     fn status(&self) -> ClockStatus {
-        ClockStatus {
-            backend: self.backend,
-            frequency_ppm: 0.0,
-            leap: self.leap,
-            steps_left: 0,
-        }
+        ClockStatus { backend: self.backend, frequency_ppm: 0.0, leap: self.leap, steps_left: 0 }
     }
 
     /// Every request is checked field by field before anything else happens.
     fn check(request: &EngineToAdjuster) -> Result<ClockRequestKind, Violation> {
         let finite = |what: &str, v: f64| {
-            if v.is_finite() {
-                Ok(())
-            } else {
-                Err(Violation(format!("{what} is not a finite number: {v}")))
-            }
+            if v.is_finite() { Ok(()) } else { Err(Violation(format!("{what} is not a finite number: {v}"))) }
         };
         match *request {
-            EngineToAdjuster::Slew { offset_s } => {
-                finite("slew offset", offset_s).map(|()| ClockRequestKind::Slew)
-            }
-            EngineToAdjuster::SetFrequency { ppm } => {
-                finite("frequency", ppm).map(|()| ClockRequestKind::SetFrequency)
-            }
-            EngineToAdjuster::Step { offset_s } => {
-                finite("step offset", offset_s).map(|()| ClockRequestKind::Step)
-            }
+            EngineToAdjuster::Slew { offset_s } => finite("slew offset", offset_s).map(|()| ClockRequestKind::Slew),
+            EngineToAdjuster::SetFrequency { ppm } => finite("frequency", ppm).map(|()| ClockRequestKind::SetFrequency),
+            EngineToAdjuster::Step { offset_s } => finite("step offset", offset_s).map(|()| ClockRequestKind::Step),
             EngineToAdjuster::SetLeap(_) => Ok(ClockRequestKind::SetLeap),
-            EngineToAdjuster::Hello(_) | EngineToAdjuster::ReadStatus => {
-                Err(Violation("not a clock change".into()))
-            }
+            EngineToAdjuster::Hello(_) | EngineToAdjuster::ReadStatus => Err(Violation("not a clock change".into())),
         }
     }
 
@@ -77,17 +60,12 @@ impl Service for Adjuster {
     const CAPABILITIES: &'static [Capability] = &[Capability::CAP_SYS_TIME];
 
     fn start(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Result<Self, String> {
-        let Settings::Adjust(settings) = settings else {
-            unreachable!("checked by child::run")
-        };
+        let Settings::Adjust(settings) = settings else { unreachable!("checked by child::run") };
         if !resources.is_empty() {
             return Err("the adjuster takes no resources".into());
         }
         info!(backend = ?settings.backend, "clock backend");
-        Ok(Adjuster {
-            backend: settings.backend,
-            leap: Leap::None,
-        })
+        Ok(Adjuster { backend: settings.backend, leap: Leap::None })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -109,15 +87,10 @@ impl Service for Adjuster {
                 }
                 let kind = Self::check(&request)?;
                 warn!(?request, "refused: {}", self.refusal());
-                out.send(&AdjusterToEngine::Refused {
-                    request: kind,
-                    reason: self.refusal(),
-                });
+                out.send(&AdjusterToEngine::Refused { request: kind, reason: self.refusal() });
             }
             Role::Control => match decode_peer::<ControlToAdjuster>(frame)? {
-                ControlToAdjuster::ReadStatus => {
-                    out.send(&AdjusterToControl::Status(self.status()))
-                }
+                ControlToAdjuster::ReadStatus => out.send(&AdjusterToControl::Status(self.status())),
                 ControlToAdjuster::MakeStep => {
                     warn!("operator makestep refused: {}", self.refusal());
                     out.send(&AdjusterToControl::Refused {

@@ -15,17 +15,9 @@ use strata_proto::ipc::{ClockBackendKind, LogLevel, Role};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Invalid { file: PathBuf, line: usize, column: usize, message: String },
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -129,10 +121,7 @@ macro_rules! bounded {
                 if ($min..=$max).contains(&v) {
                     Ok($name(v as u32))
                 } else {
-                    Err(format!(
-                        "{} must be between {} and {}, not {v}",
-                        $what, $min, $max
-                    ))
+                    Err(format!("{} must be between {} and {}, not {v}", $what, $min, $max))
                 }
             }
         }
@@ -184,9 +173,7 @@ pub struct ClockConfig {
 
 impl Default for ClockConfig {
     fn default() -> Self {
-        ClockConfig {
-            backend: ClockBackend(ClockBackendKind::System),
-        }
+        ClockConfig { backend: ClockBackend(ClockBackendKind::System) }
     }
 }
 
@@ -200,9 +187,7 @@ impl TryFrom<String> for ClockBackend {
         match s.as_str() {
             "none" => Ok(ClockBackend(ClockBackendKind::None)),
             "system" => Ok(ClockBackend(ClockBackendKind::System)),
-            other => Err(format!(
-                "unknown clock backend {other:?}: expected \"system\" or \"none\""
-            )),
+            other => Err(format!("unknown clock backend {other:?}: expected \"system\" or \"none\"")),
         }
     }
 }
@@ -218,10 +203,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            listen: vec!["0.0.0.0:123".parse().unwrap(), "[::]:123".parse().unwrap()],
-            local_stratum: None,
-        }
+        ServerConfig { listen: vec!["0.0.0.0:123".parse().unwrap(), "[::]:123".parse().unwrap()], local_stratum: None }
     }
 }
 
@@ -229,10 +211,8 @@ bounded!(Stratum, 1, 15, "a stratum");
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
         Config::from_str(&text, path)
     }
 
@@ -241,12 +221,7 @@ impl Config {
         toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             let (line, column) = line_column(text, offset);
-            ConfigError::Invalid {
-                file: file.to_owned(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
+            ConfigError::Invalid { file: file.to_owned(), line, column, message: e.message().trim().to_string() }
         })
     }
 }
@@ -278,24 +253,15 @@ mod tests {
     #[test]
     fn an_unknown_key_names_its_line_and_column() {
         let err = parse("[server]\nlisten = []\n  bogus = 1\n").unwrap_err();
-        assert!(
-            err.starts_with("t.toml:3:3: unknown field `bogus`"),
-            "{err}"
-        );
+        assert!(err.starts_with("t.toml:3:3: unknown field `bogus`"), "{err}");
     }
 
     #[test]
     fn a_bad_value_points_at_the_value() {
         let err = parse("[clock]\nbackend = \"atomic\"\n").unwrap_err();
-        assert!(
-            err.starts_with("t.toml:2:11: unknown clock backend \"atomic\""),
-            "{err}"
-        );
+        assert!(err.starts_with("t.toml:2:11: unknown clock backend \"atomic\""), "{err}");
         let err = parse("[server]\nlocal-stratum = 16\n").unwrap_err();
-        assert_eq!(
-            err,
-            "t.toml:2:17: a stratum must be between 1 and 15, not 16"
-        );
+        assert_eq!(err, "t.toml:2:17: a stratum must be between 1 and 15, not 16");
         let err = parse("[server]\nlisten = [\"127.0.0.1\"]\n").unwrap_err();
         assert!(err.starts_with("t.toml:2:11:"), "{err}");
     }
@@ -317,11 +283,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
         let mut seen = 0;
         for sub in ["examples", "config"] {
-            for entry in std::fs::read_dir(dir.join(sub))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
+            for entry in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
                 if entry.path().extension().is_some_and(|e| e == "toml") {
                     Config::from_file(&entry.path()).unwrap();
                     seen += 1;

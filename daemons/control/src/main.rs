@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
-    AdjusterToControl, ClockStatus, ControlToAdjuster, ControlToEngine, ControlToRefclock,
-    EngineStatus, EngineToControl, RefclockStatus, RefclockToControl, Resource, Role, Settings,
+    AdjusterToControl, ClockStatus, ControlToAdjuster, ControlToEngine, ControlToRefclock, EngineStatus,
+    EngineToControl, RefclockStatus, RefclockToControl, Resource, Role, Settings,
 };
 use tracing::{debug, warn};
 
@@ -42,18 +42,11 @@ impl Service for ControlPlane {
     const ROLE: Role = Role::Control;
 
     fn start(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Result<Self, String> {
-        let Settings::Control(_) = settings else {
-            unreachable!("checked by child::run")
-        };
+        let Settings::Control(_) = settings else { unreachable!("checked by child::run") };
         if !resources.is_empty() {
             return Err("the control plane takes no resources yet".into());
         }
-        Ok(ControlPlane {
-            engine: None,
-            clock: None,
-            refclock: None,
-            next_refresh: Instant::now() + REFRESH,
-        })
+        Ok(ControlPlane { engine: None, clock: None, refclock: None, next_refresh: Instant::now() + REFRESH })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
-    AdjusterToEngine, ControlToEngine, EngineStatus, EngineToAdjuster, EngineToControl,
-    NtpSettings, RefclockToEngine, Resource, Role, Settings,
+    AdjusterToEngine, ControlToEngine, EngineStatus, EngineToAdjuster, EngineToControl, NtpSettings, RefclockToEngine,
+    Resource, Role, Settings,
 };
 use tracing::{info, warn};
 
@@ -29,27 +29,19 @@ impl Service for Engine {
     const ROLE: Role = Role::Ntp;
 
     fn start(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Result<Self, String> {
-        let Settings::Ntp(settings) = settings else {
-            unreachable!("checked by child::run")
-        };
+        let Settings::Ntp(settings) = settings else { unreachable!("checked by child::run") };
         let mut sockets = Vec::new();
         for (resource, fd) in resources {
             match resource {
                 Resource::NtpSocket { local } => {
                     let socket = UdpSocket::from(fd);
-                    socket
-                        .set_nonblocking(true)
-                        .map_err(|e| format!("{local}: {e}"))?;
+                    socket.set_nonblocking(true).map_err(|e| format!("{local}: {e}"))?;
                     info!(%local, "serving NTP");
                     sockets.push(socket);
                 }
             }
         }
-        Ok(Engine {
-            settings,
-            sockets,
-            status: EngineStatus::default(),
-        })
+        Ok(Engine { settings, sockets, status: EngineStatus::default() })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -72,9 +64,7 @@ impl Service for Engine {
                 RefclockToEngine::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },
             Role::Control => match decode_peer::<ControlToEngine>(frame)? {
-                ControlToEngine::ReadStatus => {
-                    out.send(&EngineToControl::Status(self.status.clone()))
-                }
+                ControlToEngine::ReadStatus => out.send(&EngineToControl::Status(self.status.clone())),
                 ControlToEngine::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },
             other => return Err(Violation(format!("no channel with {other}"))),

@@ -39,10 +39,7 @@ pub enum RecvError {
 impl RecvError {
     /// Whether the peer broke the protocol (as opposed to going away).
     pub fn is_violation(&self) -> bool {
-        !matches!(
-            self,
-            RecvError::Closed | RecvError::WouldBlock | RecvError::Io(_)
-        )
+        !matches!(self, RecvError::Closed | RecvError::WouldBlock | RecvError::Io(_))
     }
 }
 
@@ -66,12 +63,7 @@ pub struct Received<M> {
 impl Channel {
     /// A connected pair; both ends are close-on-exec.
     pub fn pair() -> io::Result<(Channel, Channel)> {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
         Ok((Channel { socket: a }, Channel { socket: b }))
     }
 
@@ -84,10 +76,7 @@ impl Channel {
     }
 
     /// Receive one raw frame into `buf` (at least [`MAX_FRAME`] bytes).
-    pub fn recv_frame<'b>(
-        &self,
-        buf: &'b mut [u8],
-    ) -> Result<(&'b [u8], Option<OwnedFd>), RecvError> {
+    pub fn recv_frame<'b>(&self, buf: &'b mut [u8]) -> Result<(&'b [u8], Option<OwnedFd>), RecvError> {
         let d = match strata_sys::recv_datagram(&self.socket, &mut buf[..MAX_FRAME]) {
             Ok(d) => d,
             Err(nix::Error::EAGAIN) => return Err(RecvError::WouldBlock),
@@ -163,53 +152,35 @@ mod tests {
     fn messages_and_descriptors_cross_a_pair() {
         let (a, b) = Channel::pair().unwrap();
         let (c, _d) = Channel::pair().unwrap();
-        a.send(&SupervisorToChild::Peer(Role::Adjust), Some(c.as_fd()))
-            .unwrap();
+        let msg = SupervisorToChild::Peer { peer: Role::Adjust, link: 7 };
+        a.send(&msg, Some(c.as_fd())).unwrap();
         let mut buf = vec![0; MAX_FRAME];
         let got = b.recv::<SupervisorToChild>(&mut buf).unwrap();
-        assert_eq!(got.msg, SupervisorToChild::Peer(Role::Adjust));
+        assert_eq!(got.msg, msg);
         assert!(got.fd.is_some());
-        assert!(matches!(
-            b.recv::<SupervisorToChild>(&mut buf),
-            Err(RecvError::WouldBlock)
-        ));
+        assert!(matches!(b.recv::<SupervisorToChild>(&mut buf), Err(RecvError::WouldBlock)));
     }
 
     #[test]
     fn every_kind_of_bad_frame_is_a_violation_not_a_panic() {
         let (a, b) = Channel::pair().unwrap();
         let mut buf = vec![0; MAX_FRAME];
-        let mut expect =
-            |frame: &[u8], fd: Option<BorrowedFd<'_>>, check: fn(&RecvError) -> bool| {
-                a.send_frame(frame, fd).unwrap();
-                let err = b.recv::<EngineToAdjuster>(&mut buf).unwrap_err();
-                assert!(check(&err) && err.is_violation(), "{err:?}");
-            };
-        expect(&vec![0u8; MAX_FRAME + 1], None, |e| {
-            matches!(e, RecvError::Oversized)
-        });
-        expect(&[0xff, 0xff, 0xff], None, |e| {
-            matches!(e, RecvError::Frame(_))
-        });
-        expect(&[2, 0, 0], None, |e| {
-            matches!(e, RecvError::Frame(FrameError::Malformed(_)))
-        });
+        let mut expect = |frame: &[u8], fd: Option<BorrowedFd<'_>>, check: fn(&RecvError) -> bool| {
+            a.send_frame(frame, fd).unwrap();
+            let err = b.recv::<EngineToAdjuster>(&mut buf).unwrap_err();
+            assert!(check(&err) && err.is_violation(), "{err:?}");
+        };
+        expect(&vec![0u8; MAX_FRAME + 1], None, |e| matches!(e, RecvError::Oversized));
+        expect(&[0xff, 0xff, 0xff], None, |e| matches!(e, RecvError::Frame(_)));
+        expect(&[2, 0, 0], None, |e| matches!(e, RecvError::Frame(FrameError::Malformed(_))));
         let (x, _y) = Channel::pair().unwrap();
-        expect(&[1], Some(x.as_fd()), |e| {
-            matches!(e, RecvError::UnexpectedDescriptor)
-        });
+        expect(&[1], Some(x.as_fd()), |e| matches!(e, RecvError::UnexpectedDescriptor));
         a.send(&SupervisorToChild::Sealed, None).unwrap();
         let ok = b.recv::<SupervisorToChild>(&mut buf).unwrap();
         assert_eq!(ok.msg, SupervisorToChild::Sealed);
-        a.send_frame(&[4, 1], None).unwrap(); // Peer(Ntp) without its descriptor
-        assert!(matches!(
-            b.recv::<SupervisorToChild>(&mut buf),
-            Err(RecvError::MissingDescriptor)
-        ));
+        a.send_frame(&[4, 1, 9], None).unwrap(); // Peer { Ntp, 9 } without its descriptor
+        assert!(matches!(b.recv::<SupervisorToChild>(&mut buf), Err(RecvError::MissingDescriptor)));
         drop(a);
-        assert!(matches!(
-            b.recv::<EngineToAdjuster>(&mut buf),
-            Err(RecvError::Closed)
-        ));
+        assert!(matches!(b.recv::<EngineToAdjuster>(&mut buf), Err(RecvError::Closed)));
     }
 }

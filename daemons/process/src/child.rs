@@ -19,13 +19,13 @@ use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use strata_proto::ipc::{
-    self, ChildToSupervisor, Hello, MAX_FRAME, PeerMessage, Resource, Role, Settings, Start,
-    SupervisorToChild, UnlinkReason,
+    self, ChildToSupervisor, Hello, MAX_FRAME, PeerMessage, Resource, Role, Settings, Start, SupervisorToChild,
+    UnlinkReason,
 };
 use strata_sys::Capability;
 use tracing::{debug, error, info, warn};
 
-use crate::channel::{Channel, RecvError};
+use crate::channel::{Channel, RecvError, SendError};
 
 pub use strata_proto::ipc::EXIT_SETUP_FAILED;
 
@@ -82,13 +82,7 @@ pub struct Outbox {
 impl Outbox {
     /// Queue `msg` for its channel's peer. The message type fixes the direction.
     pub fn send<M: PeerMessage>(&mut self, msg: &M) {
-        assert_eq!(
-            M::FROM,
-            self.from,
-            "{} may not send {}",
-            self.from,
-            std::any::type_name::<M>()
-        );
+        assert_eq!(M::FROM, self.from, "{} may not send {}", self.from, std::any::type_name::<M>());
         let mut buf = vec![0u8; MAX_FRAME];
         match ipc::encode(msg, &mut buf) {
             Ok(frame) => {
@@ -147,32 +141,21 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
     // 1. Sanitise.
     strata_sys::close_descriptors_above(strata_sys::SUPERVISOR_FD).map_err(SetupError::Sanitise)?;
     strata_sys::clear_environment();
-    let supervisor =
-        Channel::from_fd(strata_sys::take_supervisor_channel().map_err(SetupError::NoChannel)?);
+    let supervisor = Channel::from_fd(strata_sys::take_supervisor_channel().map_err(SetupError::NoChannel)?);
 
     // 2. Validate: handshake, Start.
     supervisor
         .send(&ChildToSupervisor::Hello(Hello::new(S::ROLE)), None)
         .map_err(|e| SetupError::Handshake(e.to_string()))?;
     wait_readable(&supervisor);
-    supervisor
-        .recv_hello(Role::Supervisor)
-        .map_err(|e| SetupError::Handshake(e.to_string()))?;
+    supervisor.recv_hello(Role::Supervisor).map_err(|e| SetupError::Handshake(e.to_string()))?;
     let start = match recv_blocking(&supervisor)? {
         (SupervisorToChild::Start(start), None) => start,
         (other, _) => return Err(SetupError::Start(format!("expected Start, got {other:?}"))),
     };
-    let Start {
-        identity,
-        log_level,
-        settings,
-    } = start;
+    let Start { identity, log_level, settings } = start;
     if settings.role() != S::ROLE {
-        return Err(SetupError::Start(format!(
-            "settings are for {}, this is {}",
-            settings.role(),
-            S::ROLE
-        )));
+        return Err(SetupError::Start(format!("settings are for {}, this is {}", settings.role(), S::ROLE)));
     }
     crate::logging::init(log_level);
     let _span = tracing::info_span!("strata", process = S::ROLE.name()).entered();
@@ -184,9 +167,7 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
             (SupervisorToChild::Resource(r), Some(fd)) => resources.push((r, fd)),
             (SupervisorToChild::Sealed, None) => break,
             (other, _) => {
-                return Err(SetupError::Start(format!(
-                    "expected a resource or Sealed, got {other:?}"
-                )));
+                return Err(SetupError::Start(format!("expected a resource or Sealed, got {other:?}")));
             }
         }
     }
@@ -196,8 +177,7 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
     match identity {
         Some(id) => {
             if !S::CAPABILITIES.is_empty() {
-                strata_sys::keep_capabilities_across_uid_change()
-                    .map_err(SetupError::Privileges)?;
+                strata_sys::keep_capabilities_across_uid_change().map_err(SetupError::Privileges)?;
             }
             strata_sys::become_user(id.uid, id.gid).map_err(SetupError::Privileges)?;
         }
@@ -211,11 +191,7 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
         S::CAPABILITIES.to_vec()
     } else {
         // Development mode: keep what was asked for only if we have it.
-        S::CAPABILITIES
-            .iter()
-            .copied()
-            .filter(|c| permitted.contains(c))
-            .collect()
+        S::CAPABILITIES.iter().copied().filter(|c| permitted.contains(c)).collect()
     };
     strata_sys::retain_only_capabilities(&keep).map_err(SetupError::Privileges)?;
     strata_sys::die_with_parent().map_err(SetupError::Privileges)?;
@@ -230,9 +206,7 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
     strata_sys::install_seccomp(&policy).map_err(SetupError::Sandbox)?;
 
     // 7. Ready.
-    supervisor
-        .send(&ChildToSupervisor::Ready, None)
-        .map_err(|e| SetupError::Handshake(e.to_string()))?;
+    supervisor.send(&ChildToSupervisor::Ready, None).map_err(|e| SetupError::Handshake(e.to_string()))?;
     info!(uid, capabilities = ?keep, "sandboxed and ready");
     Ok((supervisor, service))
 }
@@ -256,6 +230,7 @@ fn recv_blocking(supervisor: &Channel) -> Result<(SupervisorToChild, Option<Owne
 
 struct PeerLink {
     role: Role,
+    link: u64,
     channel: Channel,
     linked: bool,
 }
@@ -269,20 +244,14 @@ enum Exit {
 fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
     let _span = tracing::info_span!("strata", process = S::ROLE.name()).entered();
     let mut peers: Vec<PeerLink> = Vec::new();
-    let mut out = Outbox {
-        from: S::ROLE,
-        frames: Vec::new(),
-    };
+    let mut out = Outbox { from: S::ROLE, frames: Vec::new() };
     let mut buf = vec![0u8; MAX_FRAME];
     let exit = loop {
         // Wait.
         let timeout = match service.next_wakeup() {
             None => PollTimeout::NONE,
             Some(at) => {
-                let ms = at
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(60_000);
+                let ms = at.saturating_duration_since(Instant::now()).as_millis().min(60_000);
                 PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
             }
         };
@@ -290,11 +259,7 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
             let sources = service.sources();
             let mut fds = Vec::with_capacity(1 + peers.len() + sources.len());
             fds.push(PollFd::new(supervisor.as_fd(), PollFlags::POLLIN));
-            fds.extend(
-                peers
-                    .iter()
-                    .map(|p| PollFd::new(p.channel.as_fd(), PollFlags::POLLIN)),
-            );
+            fds.extend(peers.iter().map(|p| PollFd::new(p.channel.as_fd(), PollFlags::POLLIN)));
             fds.extend(sources.iter().map(|s| PollFd::new(*s, PollFlags::POLLIN)));
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::Error::EINTR) => {}
@@ -303,10 +268,7 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
                     break Exit::SupervisorGone;
                 }
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect();
+            let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
             let peer_ready = ready[1..1 + peers.len()].to_vec();
             let source_ready = ready[1 + peers.len()..].to_vec();
             (ready[0], peer_ready, source_ready)
@@ -316,20 +278,14 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
         if sup_ready {
             match supervisor.recv::<SupervisorToChild>(&mut buf) {
                 Ok(r) => match (r.msg, r.fd) {
-                    (SupervisorToChild::Peer(role), Some(fd))
-                        if S::ROLE.peers().any(|p| p == role) =>
-                    {
+                    (SupervisorToChild::Peer { peer: role, link }, Some(fd)) if S::ROLE.peers().any(|p| p == role) => {
                         if let Some(old) = peers.iter().position(|p| p.role == role) {
                             peers.remove(old);
                             debug!(peer = %role, "channel replaced");
                         }
                         let channel = Channel::from_fd(fd);
                         match channel.send_hello(S::ROLE) {
-                            Ok(()) => peers.push(PeerLink {
-                                role,
-                                channel,
-                                linked: false,
-                            }),
+                            Ok(()) => peers.push(PeerLink { role, link, channel, linked: false }),
                             Err(e) => warn!(peer = %role, "cannot greet peer: {e}"),
                         }
                     }
@@ -354,7 +310,8 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
                     Ok(_) => {
                         peer.linked = true;
                         info!(peer = %peer.role, "linked");
-                        let _ = supervisor.send(&ChildToSupervisor::Linked(peer.role), None);
+                        let linked = ChildToSupervisor::Linked { peer: peer.role, link: peer.link };
+                        let _ = supervisor.send(&linked, None);
                         service.on_linked(peer.role, &mut out);
                         Ok(())
                     }
@@ -379,13 +336,8 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
             if reason == UnlinkReason::Closed {
                 info!(peer = %peer.role, "peer closed the channel");
             }
-            let _ = supervisor.send(
-                &ChildToSupervisor::Unlinked {
-                    peer: peer.role,
-                    reason,
-                },
-                None,
-            );
+            let report = ChildToSupervisor::Unlinked { peer: peer.role, link: peer.link, reason };
+            let _ = supervisor.send(&report, None);
         }
 
         // The service's own descriptors and timers.
@@ -405,16 +357,15 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
                 continue;
             };
             if let Err(e) = peers[i].channel.send_frame(&frame, None) {
+                // A full queue means the peer stopped reading: as broken as garbage.
+                let reason = match e {
+                    SendError::Full => UnlinkReason::Violation,
+                    _ => UnlinkReason::Closed,
+                };
                 warn!(peer = %to, "send failed, dropping the peer: {e}");
                 let peer = peers.remove(i);
-                let reason = UnlinkReason::Closed;
-                let _ = supervisor.send(
-                    &ChildToSupervisor::Unlinked {
-                        peer: peer.role,
-                        reason,
-                    },
-                    None,
-                );
+                let report = ChildToSupervisor::Unlinked { peer: peer.role, link: peer.link, reason };
+                let _ = supervisor.send(&report, None);
             }
         }
     };

@@ -10,11 +10,7 @@ mod status;
 mod supervisor;
 
 #[derive(Parser)]
-#[command(
-    name = "strata",
-    version,
-    about = "strata: a privilege-separated stratum-1 time appliance"
-)]
+#[command(name = "strata", version, about = "strata: a privilege-separated stratum-1 time appliance")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

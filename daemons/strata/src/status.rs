@@ -74,10 +74,7 @@ pub fn show(config: &Path, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "supervisor pid {} ({} mode, {})",
-        status.supervisor_pid, status.mode, status.state
-    );
+    println!("supervisor pid {} ({} mode, {})", status.supervisor_pid, status.mode, status.state);
     println!("process       pid    uid state      restarts linked                   last exit");
     for p in &status.processes {
         let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());

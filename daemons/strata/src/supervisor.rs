@@ -13,7 +13,7 @@
 //!    its peers; never re-spawn one that exits with the do-not-respawn status;
 //! 7. on SIGTERM/SIGINT stop the children in reverse start order within 2 s.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -27,9 +27,8 @@ use nix::unistd::{Pid, User};
 use strata_config::Config;
 use strata_process::channel::{Channel, RecvError};
 use strata_proto::ipc::{
-    self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity,
-    MAX_FRAME, NtpSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild,
-    UnlinkReason,
+    self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity, MAX_FRAME,
+    NtpSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
 };
 use strata_sys::Capability;
 use tracing::{error, info, warn};
@@ -37,12 +36,8 @@ use tracing::{error, info, warn};
 use crate::status::{self, ApplianceStatus, ProcessStatus};
 
 /// What the supervisor keeps in its bounding set (see step 4 above).
-const BOUNDING: [Capability; 4] = [
-    Capability::CAP_SETUID,
-    Capability::CAP_SETGID,
-    Capability::CAP_SYS_TIME,
-    Capability::CAP_KILL,
-];
+const BOUNDING: [Capability; 4] =
+    [Capability::CAP_SETUID, Capability::CAP_SETGID, Capability::CAP_SYS_TIME, Capability::CAP_KILL];
 
 /// How long each child gets to exit after `Shutdown` before SIGKILL: four children
 /// in sequence stay inside the 2 s the appliance promises.
@@ -61,15 +56,9 @@ enum StartError {
     #[error("looking up user {name:?}: {source}")]
     UserLookup { name: String, source: nix::Error },
     #[error("binding NTP socket {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("runtime directory {dir}: {source}")]
-    RuntimeDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    RuntimeDir { dir: PathBuf, source: std::io::Error },
     #[error("trimming the supervisor's capabilities: {0}")]
     Capabilities(strata_sys::SysError),
     #[error("signal handling: {0}")]
@@ -91,7 +80,13 @@ struct Instance {
     channel: Option<Channel>,
     phase: Phase,
     ready_since: Option<SystemTime>,
-    linked: BTreeSet<Role>,
+    /// Peers whose handshake completed, with the id of that channel.
+    linked: BTreeMap<Role, u64>,
+}
+
+/// The two processes at the ends of one peer channel.
+struct LinkEnds {
+    ends: [(Role, Pid); 2],
 }
 
 struct Slot {
@@ -115,6 +110,8 @@ struct Supervisor {
     alarms: Vec<String>,
     development: bool,
     stopping: bool,
+    links: HashMap<u64, LinkEnds>,
+    next_link: u64,
 }
 
 pub fn run(config_path: &Path) -> ExitCode {
@@ -153,11 +150,7 @@ impl Supervisor {
         // 3. Privileged resources and identities.
         let mut slots = Vec::new();
         for role in Role::CHILDREN {
-            let identity = if development {
-                None
-            } else {
-                Some(lookup(config.users.of(role), role)?)
-            };
+            let identity = if development { None } else { Some(lookup(config.users.of(role), role)?) };
             slots.push(Slot {
                 role,
                 identity,
@@ -172,39 +165,27 @@ impl Supervisor {
         }
         let mut resources = Vec::new();
         for &addr in &config.server.listen {
-            let socket = std::net::UdpSocket::bind(addr)
-                .map_err(|source| StartError::Bind { addr, source })?;
-            let local = socket
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr, source })?;
+            let socket = std::net::UdpSocket::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+            let local = socket.local_addr().map_err(|source| StartError::Bind { addr, source })?;
             info!(%local, "bound NTP socket");
             resources.push((Resource::NtpSocket { local }, OwnedFd::from(socket)));
         }
         let dir = &config.supervisor.runtime_dir;
-        std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir {
-            dir: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
 
         // 4. Trim our own capabilities.
         if !development {
             strata_sys::limit_bounding_set(&BOUNDING).map_err(StartError::Capabilities)?;
-            strata_sys::retain_only_capabilities(&[Capability::CAP_KILL])
-                .map_err(StartError::Capabilities)?;
+            strata_sys::retain_only_capabilities(&[Capability::CAP_KILL]).map_err(StartError::Capabilities)?;
         }
 
         let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGCHLD,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-        ] {
+        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
             mask.add(s);
         }
         mask.thread_block().map_err(StartError::Signals)?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(StartError::Signals)?;
+        let signals =
+            SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(StartError::Signals)?;
 
         Ok((
             Supervisor {
@@ -215,6 +196,8 @@ impl Supervisor {
                 alarms: Vec::new(),
                 development,
                 stopping: false,
+                links: HashMap::new(),
+                next_link: 1,
             },
             signals,
         ))
@@ -229,10 +212,7 @@ impl Supervisor {
             let timeout = match next {
                 None => PollTimeout::NONE,
                 Some(at) => {
-                    let ms = at
-                        .saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .min(60_000) as i32;
+                    let ms = at.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32;
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
@@ -240,11 +220,7 @@ impl Supervisor {
                 let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
                 let watched: Vec<usize> = (0..self.slots.len()).collect();
                 for &i in &watched {
-                    if let Some(ch) = self.slots[i]
-                        .instance
-                        .as_ref()
-                        .and_then(|i| i.channel.as_ref())
-                    {
+                    if let Some(ch) = self.slots[i].instance.as_ref().and_then(|i| i.channel.as_ref()) {
                         fds.push(PollFd::new(ch.as_fd(), PollFlags::POLLIN));
                     }
                 }
@@ -255,9 +231,7 @@ impl Supervisor {
                         return self.stop(ExitCode::FAILURE);
                     }
                 }
-                fds.iter()
-                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                    .collect()
+                fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect()
             };
 
             if ready[0] {
@@ -278,10 +252,7 @@ impl Supervisor {
             // Channels, in the order they were put in the poll set.
             let mut k = 1;
             for i in 0..self.slots.len() {
-                let has_channel = self.slots[i]
-                    .instance
-                    .as_ref()
-                    .is_some_and(|i| i.channel.is_some());
+                let has_channel = self.slots[i].instance.as_ref().is_some_and(|i| i.channel.is_some());
                 if !has_channel {
                     continue;
                 }
@@ -331,7 +302,7 @@ impl Supervisor {
                     channel: Some(ours),
                     phase: Phase::Greeting,
                     ready_since: None,
-                    linked: BTreeSet::new(),
+                    linked: BTreeMap::new(),
                 });
             }
             Err(e) => {
@@ -344,13 +315,11 @@ impl Supervisor {
 
     fn settings(&self, role: Role) -> Settings {
         match role {
-            Role::Ntp => Settings::Ntp(NtpSettings {
-                local_stratum: self.config.server.local_stratum.map(|s| s.0 as u8),
-            }),
+            Role::Ntp => {
+                Settings::Ntp(NtpSettings { local_stratum: self.config.server.local_stratum.map(|s| s.0 as u8) })
+            }
             Role::Refclock => Settings::Refclock(RefclockSettings {}),
-            Role::Adjust => Settings::Adjust(AdjustSettings {
-                backend: self.config.clock.backend.0,
-            }),
+            Role::Adjust => Settings::Adjust(AdjustSettings { backend: self.config.clock.backend.0 }),
             Role::Control => Settings::Control(ControlSettings {}),
             Role::Supervisor => unreachable!("the supervisor is not a child"),
         }
@@ -383,18 +352,27 @@ impl Supervisor {
                 self.link(i);
                 self.publish();
             }
-            Ok(Some(ChildToSupervisor::Linked(peer))) => {
-                instance.linked.insert(peer);
+            Ok(Some(ChildToSupervisor::Linked { peer, link })) => {
+                instance.linked.insert(peer, link);
                 self.publish();
             }
-            Ok(Some(ChildToSupervisor::Unlinked { peer, reason })) => {
-                instance.linked.remove(&peer);
+            Ok(Some(ChildToSupervisor::Unlinked { peer, link, reason })) => {
+                if instance.linked.get(&peer) == Some(&link) {
+                    instance.linked.remove(&peer);
+                }
+                let accused = self.links.remove(&link).and_then(|l| l.ends.into_iter().find(|&(r, _)| r == peer));
                 if reason == UnlinkReason::Violation {
                     // A process that breaks the protocol is presumed broken or
-                    // compromised: replace it with a fresh one from exec.
-                    warn!(process = %role, %peer, "dropped {peer} for a protocol violation; re-spawning {peer}");
-                    if let Some(j) = self.slots.iter().position(|s| s.role == peer) {
-                        self.kill_instance(j);
+                    // compromised: replace it with a fresh one from exec — if the
+                    // accused is still the instance at that end of that channel.
+                    let j = self.slots.iter().position(|s| s.role == peer);
+                    let current = j.and_then(|j| self.slots[j].instance.as_ref().map(|x| x.pid));
+                    match (j, accused) {
+                        (Some(j), Some((_, pid))) if current == Some(pid) => {
+                            warn!(process = %role, %peer, "dropped {peer} for a protocol violation; re-spawning {peer}");
+                            self.kill_instance(j);
+                        }
+                        _ => info!(process = %role, %peer, "dropped an old channel to {peer} for a protocol violation"),
                     }
                 }
                 self.publish();
@@ -417,15 +395,8 @@ impl Supervisor {
 
     fn send_start(&self, i: usize) -> Result<(), strata_process::channel::SendError> {
         let slot = &self.slots[i];
-        let channel = slot
-            .instance
-            .as_ref()
-            .and_then(|i| i.channel.as_ref())
-            .expect("instance has a channel");
-        channel.send(
-            &SupervisorToChild::Hello(Hello::new(Role::Supervisor)),
-            None,
-        )?;
+        let channel = slot.instance.as_ref().and_then(|i| i.channel.as_ref()).expect("instance has a channel");
+        channel.send(&SupervisorToChild::Hello(Hello::new(Role::Supervisor)), None)?;
         let start = Start {
             identity: slot.identity,
             log_level: self.config.supervisor.log_level.into(),
@@ -434,10 +405,7 @@ impl Supervisor {
         channel.send(&SupervisorToChild::Start(start), None)?;
         if slot.role == Role::Ntp {
             for (resource, fd) in &self.resources {
-                channel.send(
-                    &SupervisorToChild::Resource(resource.clone()),
-                    Some(fd.as_fd()),
-                )?;
+                channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
             }
         }
         channel.send(&SupervisorToChild::Sealed, None)
@@ -450,13 +418,14 @@ impl Supervisor {
             let Some(j) = self.slots.iter().position(|s| s.role == peer) else {
                 continue;
             };
-            let peer_ready = self.slots[j]
-                .instance
-                .as_ref()
-                .is_some_and(|p| matches!(p.phase, Phase::Ready));
+            let peer_ready = self.slots[j].instance.as_ref().is_some_and(|p| matches!(p.phase, Phase::Ready));
             if !peer_ready {
                 continue;
             }
+            let link = self.next_link;
+            self.next_link += 1;
+            let pids = [i, j].map(|k| self.slots[k].instance.as_ref().map(|x| x.pid).expect("both ready"));
+            self.links.insert(link, LinkEnds { ends: [(role, pids[0]), (peer, pids[1])] });
             let (a, b) = match Channel::pair() {
                 Ok(p) => p,
                 Err(e) => {
@@ -465,12 +434,9 @@ impl Supervisor {
                 }
             };
             for (k, other, end) in [(i, peer, &a), (j, role, &b)] {
-                let ch = self.slots[k]
-                    .instance
-                    .as_ref()
-                    .and_then(|x| x.channel.as_ref());
+                let ch = self.slots[k].instance.as_ref().and_then(|x| x.channel.as_ref());
                 if let Some(ch) = ch
-                    && let Err(e) = ch.send(&SupervisorToChild::Peer(other), Some(end.as_fd()))
+                    && let Err(e) = ch.send(&SupervisorToChild::Peer { peer: other, link }, Some(end.as_fd()))
                 {
                     warn!(process = %self.slots[k].role, "cannot hand over its channel to {other}: {e}");
                 }
@@ -488,11 +454,9 @@ impl Supervisor {
     fn reap(&mut self) {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(
-                    pid,
-                    format!("exited with status {code}"),
-                    code == i32::from(EXIT_DO_NOT_RESPAWN),
-                ),
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.on_exit(pid, format!("exited with status {code}"), code == i32::from(EXIT_DO_NOT_RESPAWN))
+                }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     let why = if sig == Signal::SIGSYS {
                         "killed by SIGSYS (seccomp: a syscall outside its policy)".to_string()
@@ -512,15 +476,12 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: Pid, why: String, do_not_respawn: bool) {
-        let Some(i) = self
-            .slots
-            .iter()
-            .position(|s| s.instance.as_ref().is_some_and(|x| x.pid == pid))
-        else {
+        let Some(i) = self.slots.iter().position(|s| s.instance.as_ref().is_some_and(|x| x.pid == pid)) else {
             return;
         };
         warn!(process = %self.slots[i].role, %pid, "{why}");
         self.slots[i].instance = None;
+        self.links.retain(|_, l| l.ends.iter().all(|&(_, p)| p != pid));
         self.after_death(i, why, do_not_respawn);
         self.publish();
     }
@@ -534,17 +495,13 @@ impl Supervisor {
         }
         if do_not_respawn {
             slot.failed = true;
-            let alarm = format!(
-                "{} {why}: the do-not-respawn status; it stays down",
-                slot.role
-            );
+            let alarm = format!("{} {why}: the do-not-respawn status; it stays down", slot.role);
             error!("ALARM: {alarm}");
             self.alarms.push(alarm);
             return;
         }
         let now = Instant::now();
-        slot.recent_restarts
-            .retain(|&t| now.duration_since(t) < policy.window());
+        slot.recent_restarts.retain(|&t| now.duration_since(t) < policy.window());
         if slot.recent_restarts.len() >= policy.budget.0 as usize {
             slot.failed = true;
             let alarm = format!(
@@ -600,83 +557,56 @@ impl Supervisor {
     }
 
     fn publish(&self) {
-        let processes =
-            self.slots
-                .iter()
-                .map(|s| {
-                    let state = match (&s.instance, s.failed, self.stopping) {
-                        (Some(x), _, _) => match x.phase {
-                            Phase::Ready => "ready",
-                            _ => "starting",
-                        },
-                        (None, true, _) => "failed",
-                        (None, false, true) => "stopped",
-                        (None, false, false) => "restarting",
-                    };
-                    ProcessStatus {
-                        role: s.role.name().into(),
-                        pid: s.instance.as_ref().map(|x| x.pid.as_raw() as u32),
-                        uid: s
-                            .identity
-                            .map(|id| id.uid)
-                            .or_else(|| Some(nix::unistd::getuid().as_raw())),
-                        state: state.into(),
-                        ready_since_ms: s.instance.as_ref().and_then(|x| x.ready_since).and_then(
-                            |t| {
-                                t.duration_since(SystemTime::UNIX_EPOCH)
-                                    .ok()
-                                    .map(|d| d.as_millis() as u64)
-                            },
-                        ),
-                        spawns: s.spawns,
-                        restarts: s.restarts,
-                        last_exit: s.last_exit.clone(),
-                        linked: s
-                            .instance
-                            .iter()
-                            .flat_map(|x| x.linked.iter().map(|r| r.name().to_string()))
-                            .collect(),
-                    }
-                })
-                .collect();
+        let processes = self
+            .slots
+            .iter()
+            .map(|s| {
+                let state = match (&s.instance, s.failed, self.stopping) {
+                    (Some(x), _, _) => match x.phase {
+                        Phase::Ready => "ready",
+                        _ => "starting",
+                    },
+                    (None, true, _) => "failed",
+                    (None, false, true) => "stopped",
+                    (None, false, false) => "restarting",
+                };
+                ProcessStatus {
+                    role: s.role.name().into(),
+                    pid: s.instance.as_ref().map(|x| x.pid.as_raw() as u32),
+                    uid: s.identity.map(|id| id.uid).or_else(|| Some(nix::unistd::getuid().as_raw())),
+                    state: state.into(),
+                    ready_since_ms: s
+                        .instance
+                        .as_ref()
+                        .and_then(|x| x.ready_since)
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)),
+                    spawns: s.spawns,
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.clone(),
+                    linked: s.instance.iter().flat_map(|x| x.linked.keys().map(|r| r.name().to_string())).collect(),
+                }
+            })
+            .collect();
         let status = ApplianceStatus {
             supervisor_pid: std::process::id(),
-            mode: if self.development {
-                "development"
-            } else {
-                "production"
-            }
-            .into(),
+            mode: if self.development { "development" } else { "production" }.into(),
             state: if self.stopping { "stopping" } else { "running" }.into(),
             processes,
             alarms: self.alarms.clone(),
         };
         if let Err(e) = status::write(&self.config.supervisor.runtime_dir, &status) {
-            warn!(
-                "cannot write the status file in {}: {e}",
-                self.config.supervisor.runtime_dir.display()
-            );
+            warn!("cannot write the status file in {}: {e}", self.config.supervisor.runtime_dir.display());
         }
     }
 }
 
 fn lookup(name: &str, role: Role) -> Result<Identity, StartError> {
     match User::from_name(name) {
-        Ok(Some(user)) if user.uid.is_root() => Err(StartError::UserLookup {
-            name: name.into(),
-            source: nix::Error::EPERM,
-        }),
-        Ok(Some(user)) => Ok(Identity {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-        }),
-        Ok(None) => Err(StartError::NoSuchUser {
-            name: name.into(),
-            role,
-        }),
-        Err(source) => Err(StartError::UserLookup {
-            name: name.into(),
-            source,
-        }),
+        Ok(Some(user)) if user.uid.is_root() => {
+            Err(StartError::UserLookup { name: name.into(), source: nix::Error::EPERM })
+        }
+        Ok(Some(user)) => Ok(Identity { uid: user.uid.as_raw(), gid: user.gid.as_raw() }),
+        Ok(None) => Err(StartError::NoSuchUser { name: name.into(), role }),
+        Err(source) => Err(StartError::UserLookup { name: name.into(), source }),
     }
 }

@@ -23,18 +23,11 @@ pub enum SysError {
     #[error("closing inherited descriptors: {0}")]
     CloseFds(io::Error),
     #[error("setting groups, gid and uid to {uid}:{gid}: {source}")]
-    Identity {
-        uid: u32,
-        gid: u32,
-        source: nix::Error,
-    },
+    Identity { uid: u32, gid: u32, source: nix::Error },
     #[error("changing capabilities: {0}")]
     Capabilities(#[from] caps::errors::CapsError),
     #[error("prctl {what}: {source}")]
-    Prctl {
-        what: &'static str,
-        source: nix::Error,
-    },
+    Prctl { what: &'static str, source: nix::Error },
     #[error("installing the seccomp filter: {0}")]
     Seccomp(#[from] seccompiler::Error),
 }
@@ -42,8 +35,7 @@ pub enum SysError {
 /// Close every descriptor above `last_kept` (`close_range(2)`): nothing inherited by
 /// accident survives into the sandbox.
 pub fn close_descriptors_above(last_kept: RawFd) -> Result<(), SysError> {
-    let first = u32::try_from(last_kept + 1)
-        .map_err(|_| SysError::CloseFds(io::ErrorKind::InvalidInput.into()))?;
+    let first = u32::try_from(last_kept + 1).map_err(|_| SysError::CloseFds(io::ErrorKind::InvalidInput.into()))?;
     // SAFETY: close_range takes two integers and a flag word and touches no memory of
     // ours. Descriptors owned by Rust objects above `last_kept` would be closed behind
     // their backs, so this is called first thing in main, before any are created.
@@ -104,10 +96,7 @@ pub fn become_user(uid: u32, gid: u32) -> Result<(), SysError> {
 
 /// Keep the permitted capabilities across the coming setresuid (PR_SET_KEEPCAPS).
 pub fn keep_capabilities_across_uid_change() -> Result<(), SysError> {
-    nix::sys::prctl::set_keepcaps(true).map_err(|source| SysError::Prctl {
-        what: "PR_SET_KEEPCAPS",
-        source,
-    })
+    nix::sys::prctl::set_keepcaps(true).map_err(|source| SysError::Prctl { what: "PR_SET_KEEPCAPS", source })
 }
 
 /// Leave exactly `keep` in the effective and permitted sets, nothing inheritable
@@ -140,20 +129,13 @@ pub fn effective_capabilities() -> Result<CapsHashSet, SysError> {
 /// Be killed when the parent dies. Must be called after the last uid change, which
 /// clears it.
 pub fn die_with_parent() -> Result<(), SysError> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|source| {
-        SysError::Prctl {
-            what: "PR_SET_PDEATHSIG",
-            source,
-        }
-    })
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|source| SysError::Prctl { what: "PR_SET_PDEATHSIG", source })
 }
 
 /// PR_SET_NO_NEW_PRIVS: exec can never grant privileges again.
 pub fn set_no_new_privs() -> Result<(), SysError> {
-    nix::sys::prctl::set_no_new_privs().map_err(|source| SysError::Prctl {
-        what: "PR_SET_NO_NEW_PRIVS",
-        source,
-    })
+    nix::sys::prctl::set_no_new_privs().map_err(|source| SysError::Prctl { what: "PR_SET_NO_NEW_PRIVS", source })
 }
 
 /// Install `policy` on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC).
@@ -179,14 +161,10 @@ pub fn take_supervisor_channel() -> io::Result<OwnedFd> {
     match getsockopt(&probe, sockopt::SockType) {
         Ok(nix::sys::socket::SockType::SeqPacket) => {}
         Ok(other) => {
-            return Err(io::Error::other(format!(
-                "descriptor 3 is a {other:?} socket, not SOCK_SEQPACKET"
-            )));
+            return Err(io::Error::other(format!("descriptor 3 is a {other:?} socket, not SOCK_SEQPACKET")));
         }
         Err(e) => {
-            return Err(io::Error::other(format!(
-                "descriptor 3 is not the supervisor channel: {e}"
-            )));
+            return Err(io::Error::other(format!("descriptor 3 is not the supervisor channel: {e}")));
         }
     }
     // SAFETY: descriptor 3 is open (getsockopt succeeded), was inherited for exactly
@@ -249,11 +227,5 @@ pub fn send_datagram(
     let raw: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(
-        socket.as_fd().as_raw_fd(),
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
+    sendmsg::<()>(socket.as_fd().as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL, None)
 }
