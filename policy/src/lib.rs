@@ -33,26 +33,18 @@ pub struct SeccompPolicy {
 
 macro_rules! policy {
     ($process:literal, $prog:ident, $sys:ident, $src:ident) => {
-        SeccompPolicy {
-            process: $process,
-            program: compiled::$prog,
-            syscalls: compiled::$sys,
-            source: compiled::$src,
-        }
+        SeccompPolicy { process: $process, program: compiled::$prog, syscalls: compiled::$sys, source: compiled::$src }
     };
 }
 
 pub const NTP: SeccompPolicy = policy!("ntp", NTP, NTP_SYSCALLS, NTP_SOURCE);
-pub const REFCLOCK: SeccompPolicy =
-    policy!("refclock", REFCLOCK, REFCLOCK_SYSCALLS, REFCLOCK_SOURCE);
+pub const REFCLOCK: SeccompPolicy = policy!("refclock", REFCLOCK, REFCLOCK_SYSCALLS, REFCLOCK_SOURCE);
 pub const ADJUST: SeccompPolicy = policy!("adjust", ADJUST, ADJUST_SYSCALLS, ADJUST_SOURCE);
 pub const CONTROL: SeccompPolicy = policy!("control", CONTROL, CONTROL_SYSCALLS, CONTROL_SOURCE);
 
 /// The policy of the process with this name (`ntp`, `refclock`, `adjust`, `control`).
 pub fn seccomp_policy(process: &str) -> Option<SeccompPolicy> {
-    [NTP, REFCLOCK, ADJUST, CONTROL]
-        .into_iter()
-        .find(|p| p.process == process)
+    [NTP, REFCLOCK, ADJUST, CONTROL].into_iter().find(|p| p.process == process)
 }
 
 #[cfg(test)]

@@ -24,9 +24,7 @@ fn run(program: &[BpfInstruction], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
         let i = program[pc];
         pc += 1;
         match i.code {
-            0x20 => {
-                acc = u32::from_ne_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap())
-            }
+            0x20 => acc = u32::from_ne_bytes(data[i.k as usize..i.k as usize + 4].try_into().unwrap()),
             0x54 => acc &= i.k,
             0x05 => pc += i.k as usize,
             0x15 | 0x25 | 0x35 | 0x45 => {
@@ -53,11 +51,7 @@ fn rules(policy: &SeccompPolicy) -> Vec<serde_json::Value> {
 fn matching_args(rule: &serde_json::Value) -> [u64; 6] {
     let mut args = [0u64; 6];
     for cond in rule["args"].as_array().into_iter().flatten() {
-        assert_eq!(
-            cond["op"], "eq",
-            "extend the test for operator {}",
-            cond["op"]
-        );
+        assert_eq!(cond["op"], "eq", "extend the test for operator {}", cond["op"]);
         args[cond["index"].as_u64().unwrap() as usize] = cond["val"].as_u64().unwrap();
     }
     args
@@ -94,28 +88,15 @@ fn every_syscall_outside_the_policy_kills_the_process() {
             }
         }
         // Another architecture's syscall numbers must not slip through.
-        assert_eq!(
-            run(policy.program, 0x4000_0003, listed[0], [0; 6]),
-            RET_KILL_PROCESS
-        );
+        assert_eq!(run(policy.program, 0x4000_0003, listed[0], [0; 6]), RET_KILL_PROCESS);
     }
 }
 
 #[test]
 fn syscall_numbers_are_the_kernel_ones() {
-    let read = NTP
-        .syscalls
-        .iter()
-        .find(|(n, _)| *n == "recvmsg")
-        .unwrap()
-        .1;
+    let read = NTP.syscalls.iter().find(|(n, _)| *n == "recvmsg").unwrap().1;
     assert_eq!(i64::from(read), libc::SYS_recvmsg);
-    let adj = ADJUST
-        .syscalls
-        .iter()
-        .find(|(n, _)| *n == "clock_adjtime")
-        .unwrap()
-        .1;
+    let adj = ADJUST.syscalls.iter().find(|(n, _)| *n == "clock_adjtime").unwrap().1;
     assert_eq!(i64::from(adj), libc::SYS_clock_adjtime);
 }
 
@@ -124,30 +105,14 @@ fn only_the_adjuster_may_adjust_a_clock_and_it_has_no_sockets_to_open() {
     let named = |p: &SeccompPolicy, s: &str| p.syscalls.iter().any(|(n, _)| *n == s);
     for policy in [NTP, REFCLOCK, CONTROL] {
         for clock_call in ["clock_adjtime", "adjtimex", "clock_settime", "settimeofday"] {
-            assert!(
-                !named(&policy, clock_call),
-                "{} may call {clock_call}",
-                policy.process
-            );
+            assert!(!named(&policy, clock_call), "{} may call {clock_call}", policy.process);
         }
     }
-    for call in [
-        "socket", "connect", "bind", "sendto", "recvfrom", "open", "openat", "execve",
-    ] {
+    for call in ["socket", "connect", "bind", "sendto", "recvfrom", "open", "openat", "execve"] {
         assert!(!named(&ADJUST, call), "the adjuster may call {call}");
     }
     for policy in [NTP, REFCLOCK, ADJUST, CONTROL] {
-        for call in [
-            "execve",
-            "execveat",
-            "ptrace",
-            "fork",
-            "clone3",
-            "open",
-            "openat",
-            "setuid",
-            "setresuid",
-        ] {
+        for call in ["execve", "execveat", "ptrace", "fork", "clone3", "open", "openat", "setuid", "setresuid"] {
             assert!(!named(&policy, call), "{} may call {call}", policy.process);
         }
     }
