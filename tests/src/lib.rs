@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod appliance;
+pub mod inject;
 pub mod standalone;
 
 use std::collections::HashMap;

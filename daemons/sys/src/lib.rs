@@ -229,3 +229,26 @@ pub fn send_datagram(
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
     sendmsg::<()>(socket.as_fd().as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL, None)
 }
+
+/// A duplicate of descriptor `fd` of process `pid` (`pidfd_open` + `pidfd_getfd`;
+/// the caller needs ptrace rights over `pid`). The tests use it to speak on a
+/// running process's channel as if they were that process.
+pub fn duplicate_descriptor_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and a flag word and returns a new descriptor
+    // or -1; no memory is shared.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: pidfd_getfd takes two descriptors and a flag word; it returns a new
+    // descriptor (close-on-exec) or -1.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above: a fresh descriptor that only we hold.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+}

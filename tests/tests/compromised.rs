@@ -1,0 +1,54 @@
+//! A process that breaks the protocol is cut off and replaced: the test takes the
+//! engine's own channels (pidfd_getfd) and writes garbage on them, as a
+//! compromised engine would.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use nix::sys::socket::{SockType, getsockopt, sockopt};
+use strata_process::channel::Channel;
+use strata_tests::appliance::Appliance;
+use strata_tests::require_root;
+
+#[test]
+fn an_engine_that_sends_garbage_is_dropped_by_its_peers_and_replaced_once() {
+    if !require_root("compromised engine") {
+        return;
+    }
+    let mut appliance = Appliance::start("compromised", "");
+    let engine = appliance.pid_of("ntp");
+    let others: Vec<(&str, u32)> = ["adjust", "refclock", "control"].map(|r| (r, appliance.pid_of(r))).to_vec();
+
+    // Every peer channel of the engine: the SEQPACKET sockets other than fd 3.
+    let mut channels = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{engine}/fd")).unwrap().flatten() {
+        let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        if fd <= 3 {
+            continue;
+        }
+        let dup = strata_sys::duplicate_descriptor_of(engine, fd).unwrap();
+        if getsockopt(&dup.as_fd(), sockopt::SockType) == Ok(SockType::SeqPacket) {
+            channels.push(Channel::from_fd(dup));
+        }
+    }
+    assert_eq!(channels.len(), 3, "the engine has a channel to adjuster, refclock and control");
+    for ch in &channels {
+        ch.send_frame(&[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0x0f], None).unwrap();
+    }
+
+    let status = appliance.wait_until("a new engine, linked", Duration::from_secs(5), |s| {
+        s.process("ntp").pid.is_some_and(|p| p != engine) && s.all_linked()
+    });
+    // Replaced once, although three peers accused it.
+    std::thread::sleep(Duration::from_millis(300));
+    let status_later = appliance.status();
+    assert_eq!(status_later.process("ntp").spawns, 2, "{status:?}");
+    assert_eq!(status.process("ntp").last_exit.as_deref(), Some("killed by SIGKILL"));
+    // The accusers were not touched.
+    for (role, pid) in others {
+        assert_eq!(status_later.process(role).pid, Some(pid), "{role} was restarted");
+    }
+    let log = appliance.log();
+    assert!(log.contains("dropped ntp for a protocol violation; re-spawning ntp"), "{log}");
+    assert!(log.contains("protocol violation, dropping the peer"), "{log}");
+}
