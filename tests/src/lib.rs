@@ -49,12 +49,7 @@ pub fn require_root(test: &str) -> bool {
 /// The `Key: value` lines of `/proc/<pid>/status`.
 pub fn proc_status(pid: u32) -> Option<HashMap<String, String>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-            .collect(),
-    )
+    Some(text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect())
 }
 
 /// Capability mask (CapEff, CapPrm, CapBnd, ...) as a number.

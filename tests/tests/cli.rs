@@ -20,7 +20,8 @@ fn check_config_accepts_the_demo_and_points_at_a_bad_key() {
 
     let dir = scratch_dir("check-config");
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = [\"127.0.0.1:123\"]\n\n[clock]\n  backend = \"none\"\n  slew = 1\n").unwrap();
+    std::fs::write(&bad, "[server]\nlisten = [\"127.0.0.1:123\"]\n\n[clock]\n  backend = \"none\"\n  slew = 1\n")
+        .unwrap();
     let (code, _, err) = strata(&["check-config", bad.to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(err.starts_with(&format!("{}:6:3: unknown field `slew`", bad.display())), "{err}");

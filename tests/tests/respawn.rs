@@ -27,10 +27,8 @@ fn fifty_kills_leave_no_zombie_no_leaked_descriptor_and_no_extra_spawn() {
     if !require_root("fifty kills") {
         return;
     }
-    let mut appliance = Appliance::start(
-        "fifty",
-        "[supervisor.restart]\nbudget = 100\nbackoff-initial-ms = 1\nbackoff-max-ms = 20\n",
-    );
+    let mut appliance =
+        Appliance::start("fifty", "[supervisor.restart]\nbudget = 100\nbackoff-initial-ms = 1\nbackoff-max-ms = 20\n");
     let supervisor = appliance.supervisor_pid();
     let fds_before = fd_count(supervisor);
     for i in 0..50 {
@@ -55,8 +53,8 @@ fn past_its_restart_budget_a_child_stays_down_with_an_alarm_and_ntp_carries_on()
     }
     let last = appliance.pid_of("refclock");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(last as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let status =
-        appliance.wait_until("refclock marked failed", Duration::from_secs(5), |s| s.process("refclock").state == "failed");
+    let status = appliance
+        .wait_until("refclock marked failed", Duration::from_secs(5), |s| s.process("refclock").state == "failed");
     assert!(status.process("refclock").pid.is_none());
     assert_eq!(status.alarms.len(), 1);
     assert!(status.alarms[0].contains("refclock exhausted its restart budget"), "{:?}", status.alarms);
@@ -85,8 +83,10 @@ fn sigterm_stops_every_process_in_order_within_two_seconds() {
         assert!(!strata_tests::alive(pid), "child {pid} outlived the supervisor");
     }
     let log = appliance.log();
-    let order: Vec<usize> =
-        ["control", "ntp", "refclock", "adjust"].iter().map(|r| log.find(&format!("stopped process={r}")).unwrap()).collect();
+    let order: Vec<usize> = ["control", "ntp", "refclock", "adjust"]
+        .iter()
+        .map(|r| log.find(&format!("stopped process={r}")).unwrap())
+        .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "stop order in the log:\n{log}");
     assert!(!log.contains("did not stop in time"), "{log}");
 }

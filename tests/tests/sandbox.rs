@@ -43,14 +43,12 @@ fn four_children_under_four_users_with_only_the_adjuster_holding_a_capability() 
     assert_eq!(cap_mask(&sup, "CapBnd"), CAP_KILL | CAP_SETUID | CAP_SETGID | CAP_SYS_TIME);
 
     // Five processes in all: the supervisor and its four children, nothing else.
-    let children: Vec<u32> = std::fs::read_to_string(format!(
-        "/proc/{0}/task/{0}/children",
-        appliance.supervisor_pid()
-    ))
-    .unwrap()
-    .split_whitespace()
-    .map(|p| p.parse().unwrap())
-    .collect();
+    let children: Vec<u32> =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", appliance.supervisor_pid()))
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
     assert_eq!(children.len(), 4, "supervisor's children: {children:?}");
 }
 
@@ -58,9 +56,7 @@ fn four_children_under_four_users_with_only_the_adjuster_holding_a_capability() 
 fn a_child_started_by_hand_without_its_channel_refuses_to_run() {
     strata_tests::ensure_built();
     for role in CHILDREN {
-        let out = std::process::Command::new(strata_tests::bin_dir().join(format!("strata-{role}")))
-            .output()
-            .unwrap();
+        let out = std::process::Command::new(strata_tests::bin_dir().join(format!("strata-{role}"))).output().unwrap();
         assert_eq!(out.status.code(), Some(70), "{role}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("descriptor 3 is not the supervisor channel"), "{role}: {err}");

@@ -67,9 +67,13 @@ fn the_do_not_respawn_status_keeps_the_adjuster_down_with_an_alarm_while_ntp_is_
     let adjuster = appliance.pid_of("adjust");
     let ntp = appliance.pid_of("ntp");
     let code = i64::from(strata_proto::ipc::EXIT_DO_NOT_RESPAWN);
-    assert_eq!(inject_syscall(adjuster as i32, libc::SYS_exit_group, [code as u64, 0, 0, 0, 0, 0]).unwrap(), Outcome::Exited(code as i32));
+    assert_eq!(
+        inject_syscall(adjuster as i32, libc::SYS_exit_group, [code as u64, 0, 0, 0, 0, 0]).unwrap(),
+        Outcome::Exited(code as i32)
+    );
 
-    let status = appliance.wait_until("adjuster failed", Duration::from_secs(5), |s| s.process("adjust").state == "failed");
+    let status =
+        appliance.wait_until("adjuster failed", Duration::from_secs(5), |s| s.process("adjust").state == "failed");
     assert_eq!(status.process("adjust").last_exit.as_deref(), Some("exited with status 100"));
     assert_eq!(status.alarms.len(), 1, "{:?}", status.alarms);
     assert!(status.alarms[0].contains("do-not-respawn"), "{:?}", status.alarms);
