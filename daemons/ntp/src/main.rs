@@ -3,26 +3,74 @@
 //! channel that carries bounded clock requests and nothing else.
 #![forbid(unsafe_code)]
 
+mod server;
+
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
-    AdjusterToEngine, ControlToEngine, EngineStatus, EngineToAdjuster, EngineToControl, NtpSettings, RefclockToEngine,
-    Resource, Role, Settings,
+    AdjusterToEngine, ControlToEngine, EngineStatus, EngineToAdjuster, EngineToControl, RefclockToEngine, Resource,
+    Role, Settings,
 };
-use tracing::{info, warn};
+use strata_proto::ntp::{HEADER_LEN, NtpTimestamp};
+use tracing::{debug, info, warn};
+
+use crate::server::ServerState;
 
 fn main() -> ExitCode {
     child::run::<Engine>()
 }
 
 struct Engine {
-    #[allow(dead_code)] // read by the server
-    settings: NtpSettings,
     sockets: Vec<UdpSocket>,
+    /// What every answer says about our clock.
+    serving: ServerState,
     status: EngineStatus,
+}
+
+/// The system clock as an NTP timestamp.
+fn now() -> NtpTimestamp {
+    let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    NtpTimestamp::from_unix_ns(unix_ns)
+}
+
+impl Engine {
+    /// Answer every request queued on socket `index`.
+    fn serve(&mut self, index: usize) {
+        // Requests longer than this are not NTP requests we answer (the largest
+        // legal one, with extension fields and a MAC, is far shorter).
+        let mut request = [0u8; 1024];
+        let mut reply = [0u8; HEADER_LEN];
+        let socket = &self.sockets[index];
+        loop {
+            let (len, client) = match socket.recv_from(&mut request) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("receive failed: {e}");
+                    return;
+                }
+            };
+            let received = now();
+            self.status.ntp_received += 1;
+            match server::respond(&request[..len], received, now(), &self.serving, &mut reply) {
+                Ok(n) => match socket.send_to(&reply[..n], client) {
+                    Ok(_) => self.status.ntp_answered += 1,
+                    Err(e) => {
+                        self.status.ntp_dropped += 1;
+                        debug!(%client, "reply not sent: {e}");
+                    }
+                },
+                Err(why) => {
+                    self.status.ntp_dropped += 1;
+                    debug!(%client, "request dropped: {why}");
+                }
+            }
+        }
+    }
 }
 
 impl Service for Engine {
@@ -41,7 +89,11 @@ impl Service for Engine {
                 }
             }
         }
-        Ok(Engine { settings, sockets, status: EngineStatus::default() })
+        let serving = match settings.local_stratum {
+            Some(stratum) => ServerState::local(stratum),
+            None => ServerState::unsynchronised(),
+        };
+        Ok(Engine { sockets, serving, status: EngineStatus::default() })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -77,10 +129,6 @@ impl Service for Engine {
     }
 
     fn on_readable(&mut self, index: usize, _out: &mut Outbox) {
-        let mut buf = [0u8; 1024];
-        while let Ok((_len, _from)) = self.sockets[index].recv_from(&mut buf) {
-            self.status.ntp_received += 1;
-            self.status.ntp_dropped += 1;
-        }
+        self.serve(index);
     }
 }
