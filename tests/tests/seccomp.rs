@@ -84,3 +84,24 @@ fn the_do_not_respawn_status_keeps_the_adjuster_down_with_an_alarm_while_ntp_is_
     assert_eq!(status.process("ntp").state, "ready");
     assert!(appliance.log().contains("ALARM: adjust exited with status 100"));
 }
+
+#[test]
+fn a_stopped_and_continued_child_survives_its_filter() {
+    // SIGSTOP/SIGCONT (an operator pausing a process, a debugger attaching) makes
+    // the kernel resume the interrupted poll() through restart_syscall.
+    if !require_root("stop/continue") {
+        return;
+    }
+    let appliance = Appliance::start("stopcont", "");
+    for role in CHILDREN {
+        let pid = appliance.pid_of(role);
+        let target = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(target, Signal::SIGSTOP).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        nix::sys::signal::kill(target, Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(strata_tests::alive(pid), "{role} died after SIGSTOP/SIGCONT");
+        assert_eq!(appliance.pid_of(role), pid, "{role} was re-spawned");
+    }
+    assert!(appliance.status().all_linked());
+}
