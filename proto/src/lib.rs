@@ -6,3 +6,4 @@
 
 pub mod ipc;
 pub mod ntp;
+pub mod status;

@@ -7,47 +7,20 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::Deserialize;
 
 use crate::{bin_dir, ensure_built, free_udp_port, scratch_dir, wait_for};
 
-/// Mirror of the supervisor's `status.json`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Status {
-    pub supervisor_pid: u32,
-    pub mode: String,
-    pub state: String,
-    pub processes: Vec<ProcessStatus>,
-    pub alarms: Vec<String>,
+pub use strata_proto::status::{ApplianceStatus as Status, ProcessStatus};
+
+/// Lookups that fail the test when the process is unknown.
+pub trait StatusExt {
+    fn of(&self, role: &str) -> &ProcessStatus;
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct ProcessStatus {
-    pub role: String,
-    pub pid: Option<u32>,
-    pub uid: Option<u32>,
-    pub state: String,
-    pub ready_since_ms: Option<u64>,
-    pub spawns: u32,
-    pub restarts: u32,
-    pub last_exit: Option<String>,
-    pub linked: Vec<String>,
-}
-
-impl Status {
-    pub fn process(&self, role: &str) -> &ProcessStatus {
-        self.processes.iter().find(|p| p.role == role).unwrap_or_else(|| panic!("no process {role}"))
+impl StatusExt for Status {
+    fn of(&self, role: &str) -> &ProcessStatus {
+        self.process(role).unwrap_or_else(|| panic!("no process {role} in {self:?}"))
     }
-
-    /// Every child ready and linked with every peer it has.
-    pub fn all_linked(&self) -> bool {
-        self.processes.iter().all(|p| p.state == "ready" && p.linked.len() == peers(&p.role))
-    }
-}
-
-/// How many peers each child has (see `strata_proto::ipc::LINKS`).
-pub fn peers(role: &str) -> usize {
-    strata_proto::ipc::Role::from_name(role).map_or(0, |r| r.peers().count())
 }
 
 pub const CHILDREN: [&str; 4] = ["adjust", "refclock", "ntp", "control"];
@@ -136,7 +109,7 @@ impl Appliance {
     }
 
     pub fn pid_of(&self, role: &str) -> u32 {
-        self.status().process(role).pid.unwrap_or_else(|| panic!("{role} is not running"))
+        self.status().of(role).pid.unwrap_or_else(|| panic!("{role} is not running"))
     }
 
     /// kill -9 a child and return when its replacement is ready and linked with
@@ -146,10 +119,10 @@ impl Appliance {
         let start = Instant::now();
         kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
         let status = self.wait_until(&format!("a new {role} ready and linked"), Duration::from_secs(10), |s| {
-            let p = s.process(role);
+            let p = s.of(role);
             p.pid.is_some_and(|pid| pid != old) && s.all_linked()
         });
-        (status.process(role).pid.unwrap(), start.elapsed())
+        (status.of(role).pid.unwrap(), start.elapsed())
     }
 
     pub fn log(&self) -> String {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use nix::sys::socket::{SockType, getsockopt, sockopt};
 use strata_process::channel::Channel;
 use strata_tests::appliance::Appliance;
+use strata_tests::appliance::StatusExt;
 use strata_tests::require_root;
 
 #[test]
@@ -37,16 +38,16 @@ fn an_engine_that_sends_garbage_is_dropped_by_its_peers_and_replaced_once() {
     }
 
     let status = appliance.wait_until("a new engine, linked", Duration::from_secs(5), |s| {
-        s.process("ntp").pid.is_some_and(|p| p != engine) && s.all_linked()
+        s.of("ntp").pid.is_some_and(|p| p != engine) && s.all_linked()
     });
     // Replaced once, although three peers accused it.
     std::thread::sleep(Duration::from_millis(300));
     let status_later = appliance.status();
-    assert_eq!(status_later.process("ntp").spawns, 2, "{status:?}");
-    assert_eq!(status.process("ntp").last_exit.as_deref(), Some("killed by SIGKILL"));
+    assert_eq!(status_later.of("ntp").spawns, 2, "{status:?}");
+    assert_eq!(status.of("ntp").last_exit.as_deref(), Some("killed by SIGKILL"));
     // The accusers were not touched.
     for (role, pid) in others {
-        assert_eq!(status_later.process(role).pid, Some(pid), "{role} was restarted");
+        assert_eq!(status_later.of(role).pid, Some(pid), "{role} was restarted");
     }
     let log = appliance.log();
     assert!(log.contains("dropped ntp for a protocol violation; re-spawning ntp"), "{log}");

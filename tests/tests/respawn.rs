@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use strata_tests::appliance::StatusExt;
 use strata_tests::appliance::{Appliance, CHILDREN};
 use strata_tests::{fd_count, require_root, zombies_of};
 
@@ -17,8 +18,8 @@ fn a_killed_child_is_replaced_and_relinked_within_a_second() {
         assert_ne!(old, new);
         assert!(took < Duration::from_secs(1), "{role}: replacement ready and linked after {took:?}");
         let status = appliance.status();
-        assert_eq!(status.process(role).restarts, 1);
-        assert_eq!(status.process(role).last_exit.as_deref(), Some("killed by SIGKILL"));
+        assert_eq!(status.of(role).restarts, 1);
+        assert_eq!(status.of(role).last_exit.as_deref(), Some("killed by SIGKILL"));
     }
 }
 
@@ -53,18 +54,18 @@ fn past_its_restart_budget_a_child_stays_down_with_an_alarm_and_ntp_carries_on()
     }
     let last = appliance.pid_of("refclock");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(last as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let status = appliance
-        .wait_until("refclock marked failed", Duration::from_secs(5), |s| s.process("refclock").state == "failed");
-    assert!(status.process("refclock").pid.is_none());
+    let status =
+        appliance.wait_until("refclock marked failed", Duration::from_secs(5), |s| s.of("refclock").state == "failed");
+    assert!(status.of("refclock").pid.is_none());
     assert_eq!(status.alarms.len(), 1);
     assert!(status.alarms[0].contains("refclock exhausted its restart budget"), "{:?}", status.alarms);
     // Not re-spawned later either, and the others are untouched.
     std::thread::sleep(Duration::from_millis(500));
     let status = appliance.status();
-    assert_eq!(status.process("refclock").spawns, 4);
+    assert_eq!(status.of("refclock").spawns, 4);
     for role in ["ntp", "adjust", "control"] {
-        assert_eq!(status.process(role).state, "ready", "{role}");
-        assert_eq!(status.process(role).restarts, 0, "{role}");
+        assert_eq!(status.of(role).state, "ready", "{role}");
+        assert_eq!(status.of(role).restarts, 0, "{role}");
     }
     assert!(appliance.log().contains("ALARM: refclock exhausted its restart budget"));
 }

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use strata_tests::appliance::StatusExt;
 use strata_tests::appliance::{Appliance, CHILDREN};
 use strata_tests::inject::{Outcome, inject_syscall};
 use strata_tests::require_root;
@@ -50,9 +51,9 @@ fn a_syscall_outside_its_policy_kills_each_child_and_it_is_respawned() {
         assert_eq!(outcome, Outcome::Killed(Signal::SIGSYS), "{role}: {name}");
 
         let status = appliance.wait_until(&format!("{role} re-spawned"), Duration::from_secs(5), |s| {
-            s.process(role).pid.is_some_and(|p| p != pid) && s.all_linked()
+            s.of(role).pid.is_some_and(|p| p != pid) && s.all_linked()
         });
-        let p = status.process(role);
+        let p = status.of(role);
         assert_eq!(p.last_exit.as_deref(), Some("killed by SIGSYS (seccomp: a syscall outside its policy)"), "{role}");
         assert_eq!(p.restarts, 1, "{role}");
     }
@@ -72,16 +73,15 @@ fn the_do_not_respawn_status_keeps_the_adjuster_down_with_an_alarm_while_ntp_is_
         Outcome::Exited(code as i32)
     );
 
-    let status =
-        appliance.wait_until("adjuster failed", Duration::from_secs(5), |s| s.process("adjust").state == "failed");
-    assert_eq!(status.process("adjust").last_exit.as_deref(), Some("exited with status 100"));
+    let status = appliance.wait_until("adjuster failed", Duration::from_secs(5), |s| s.of("adjust").state == "failed");
+    assert_eq!(status.of("adjust").last_exit.as_deref(), Some("exited with status 100"));
     assert_eq!(status.alarms.len(), 1, "{:?}", status.alarms);
     assert!(status.alarms[0].contains("do-not-respawn"), "{:?}", status.alarms);
     std::thread::sleep(Duration::from_millis(500));
     let status = appliance.status();
-    assert_eq!(status.process("adjust").spawns, 1, "re-spawned despite the status");
-    assert_eq!(status.process("ntp").pid, Some(ntp));
-    assert_eq!(status.process("ntp").state, "ready");
+    assert_eq!(status.of("adjust").spawns, 1, "re-spawned despite the status");
+    assert_eq!(status.of("ntp").pid, Some(ntp));
+    assert_eq!(status.of("ntp").state, "ready");
     assert!(appliance.log().contains("ALARM: adjust exited with status 100"));
 }
 

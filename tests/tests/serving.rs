@@ -4,6 +4,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use strata_tests::appliance::Appliance;
+use strata_tests::appliance::StatusExt;
 use strata_tests::require_root;
 
 /// One client request; returns the reply if one came within `timeout`.
@@ -65,7 +66,7 @@ fn serving_continues_while_the_other_processes_are_down() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     }
     appliance.wait_until("three processes down", Duration::from_secs(2), |s| {
-        ["adjust", "refclock", "control"].iter().all(|r| s.process(r).pid.is_none())
+        ["adjust", "refclock", "control"].iter().all(|r| s.of(r).pid.is_none())
     });
     let engine = appliance.pid_of("ntp");
     for _ in 0..20 {

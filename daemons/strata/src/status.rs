@@ -6,38 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use serde::{Deserialize, Serialize};
-
-pub const FILE: &str = "status.json";
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ApplianceStatus {
-    pub supervisor_pid: u32,
-    /// `production` (each process under its own user) or `development`.
-    pub mode: String,
-    /// `running` or `stopping`.
-    pub state: String,
-    pub processes: Vec<ProcessStatus>,
-    /// Alarms raised since start: processes that will not be re-spawned.
-    pub alarms: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ProcessStatus {
-    pub role: String,
-    pub pid: Option<u32>,
-    pub uid: Option<u32>,
-    /// `starting`, `ready`, `restarting`, `failed`, `stopped`.
-    pub state: String,
-    /// Unix time in ms when the current instance became ready.
-    pub ready_since_ms: Option<u64>,
-    /// Processes spawned for this role since the appliance started.
-    pub spawns: u32,
-    pub restarts: u32,
-    pub last_exit: Option<String>,
-    /// Peers whose handshake with this process completed.
-    pub linked: Vec<String>,
-}
+pub use strata_proto::status::{ApplianceStatus, FILE, ProcessStatus};
 
 pub fn write(dir: &Path, status: &ApplianceStatus) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{FILE}.tmp"));
