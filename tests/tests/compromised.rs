@@ -53,3 +53,31 @@ fn an_engine_that_sends_garbage_is_dropped_by_its_peers_and_replaced_once() {
     assert!(log.contains("dropped ntp for a protocol violation; re-spawning ntp"), "{log}");
     assert!(log.contains("protocol violation, dropping the peer"), "{log}");
 }
+
+#[test]
+fn a_child_that_sends_its_supervisor_garbage_is_replaced_and_the_supervisor_carries_on() {
+    if !require_root("garbage to the supervisor") {
+        return;
+    }
+    let mut appliance = Appliance::start("garbage-to-supervisor", "");
+    let supervisor = appliance.supervisor_pid();
+    let frames: [(&str, Vec<u8>); 3] = [
+        ("noise", vec![0x7f, 0x13, 0x37, 0x00, 0x42]),
+        ("oversized frame", vec![2u8; strata_proto::ipc::MAX_FRAME + 1]),
+        ("a second Hello", {
+            let mut buf = [0u8; 32];
+            strata_proto::ipc::encode_hello(strata_proto::ipc::Role::Control, &mut buf).to_vec()
+        }),
+    ];
+    for (case, frame) in frames {
+        let victim = appliance.pid_of("control");
+        let channel = Channel::from_fd(strata_sys::duplicate_descriptor_of(victim, 3).unwrap());
+        channel.send_frame(&frame, None).unwrap();
+        let status = appliance.wait_until(&format!("control replaced after {case}"), Duration::from_secs(5), |s| {
+            s.of("control").pid.is_some_and(|p| p != victim) && s.all_linked()
+        });
+        assert_eq!(status.of("control").last_exit.as_deref(), Some("killed by SIGKILL"), "{case}");
+        assert!(strata_tests::alive(supervisor), "{case}");
+    }
+    assert!(appliance.log().contains("supervisor channel:"), "{}", appliance.log());
+}
