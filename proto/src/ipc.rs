@@ -327,6 +327,21 @@ pub struct NtpSettings {
     /// chrony's `local stratum N`: serve as this stratum with refid LOCL while no
     /// better reference is selected. `None`: unsynchronised until a source is.
     pub local_stratum: Option<u8>,
+    /// Who may ask for time: chrony's `allow`/`deny` lines, in order.
+    pub access: Vec<String>,
+    /// chrony's `ratelimit`; `None`: every allowed request is answered.
+    pub ratelimit: Option<RateLimitSettings>,
+    /// chrony's `clientloglimit`: memory for the per-client log, in bytes.
+    pub client_log_limit_bytes: u64,
+}
+
+/// chrony's `ratelimit interval I burst B leak L`, plus strata's `kod K`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitSettings {
+    pub interval_log2: i8,
+    pub burst: u8,
+    pub leak_log2: u8,
+    pub kod_log2: Option<u8>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -353,7 +368,9 @@ pub enum ClockBackendKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Resource {
     /// A bound UDP socket on which the engine serves NTP.
-    NtpSocket { local: SocketAddr },
+    /// Sockets of one address are bound with SO_REUSEPORT, one per serving thread;
+    /// `thread` says which thread of the engine serves this one.
+    NtpSocket { local: SocketAddr, thread: u16 },
 }
 
 // ---------------------------------------------------------------------------
@@ -469,11 +486,27 @@ channel!(EngineToControl: Ntp -> Control);
 /// The engine's counters and view of its peers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineStatus {
-    pub ntp_received: u64,
-    pub ntp_answered: u64,
-    pub ntp_dropped: u64,
+    pub server: ServerStats,
     pub clock: Option<ClockStatus>,
     pub refclock_samples: u64,
+}
+
+/// NTP server counters since the engine started (chronyc `serverstats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    pub received: u64,
+    pub answered: u64,
+    /// Not NTP, truncated, bad version, lying extension lengths.
+    pub malformed: u64,
+    /// Well-formed but not a client request (server, broadcast, control modes).
+    pub not_client: u64,
+    /// Refused by the access rules.
+    pub denied: u64,
+    /// Dropped by rate limiting (including those answered with a RATE kiss-o'-death).
+    pub rate_limited: u64,
+    pub kod_sent: u64,
+    /// Replies the kernel would not send.
+    pub send_failed: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,12 @@ pub struct Standalone {
 /// The settings the demo would give `role`.
 pub fn demo_settings(role: Role) -> Settings {
     match role {
-        Role::Ntp => Settings::Ntp(NtpSettings { local_stratum: Some(1) }),
+        Role::Ntp => Settings::Ntp(NtpSettings {
+            local_stratum: Some(1),
+            access: vec!["allow 127.0.0.0/8".into()],
+            ratelimit: None,
+            client_log_limit_bytes: 524_288,
+        }),
         Role::Refclock => Settings::Refclock(RefclockSettings {}),
         Role::Adjust => Settings::Adjust(AdjustSettings { backend: ClockBackendKind::None }),
         Role::Control => Settings::Control(ControlSettings {}),

@@ -30,8 +30,18 @@ fn four_children_under_four_users_with_only_the_adjuster_holding_a_capability() 
         assert_eq!(cap_mask(&proc, "CapPrm"), expected, "{role}: permitted capabilities");
         assert_eq!(cap_mask(&proc, "CapInh"), 0, "{role}: inheritable capabilities");
         assert_eq!(cap_mask(&proc, "CapAmb"), 0, "{role}: ambient capabilities");
-        assert_eq!(proc["Seccomp"], "2", "{role}: seccomp filter mode");
-        assert_eq!(proc["NoNewPrivs"], "1", "{role}: no_new_privs");
+        // Every thread, not only the main one (the engine serves from several).
+        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten().collect();
+        if role == "ntp" {
+            assert!(tasks.len() >= 2, "the engine serves from threads of its own");
+        }
+        for task in tasks {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string();
+            assert_eq!(field("Seccomp:"), "2", "{role} thread {:?}: seccomp filter mode", task.file_name());
+            assert_eq!(field("NoNewPrivs:"), "1", "{role} thread {:?}: no_new_privs", task.file_name());
+            assert_eq!(u64::from_str_radix(&field("CapEff:"), 16).unwrap(), expected, "{role} thread capabilities");
+        }
     }
     assert_eq!(uids.len(), 4, "four distinct uids: {uids:?}");
 

@@ -118,7 +118,7 @@ macro_rules! bounded {
         impl TryFrom<i64> for $name {
             type Error = String;
             fn try_from(v: i64) -> Result<Self, String> {
-                if ($min..=$max).contains(&v) {
+                if (i64::from($min)..=i64::from($max)).contains(&v) {
                     Ok($name(v as u32))
                 } else {
                     Err(format!("{} must be between {} and {}, not {v}", $what, $min, $max))
@@ -197,15 +197,80 @@ impl TryFrom<String> for ClockBackend {
 pub struct ServerConfig {
     /// Addresses the supervisor binds and hands to the engine.
     pub listen: Vec<SocketAddr>,
+    /// Serving threads in the engine; each address gets one SO_REUSEPORT socket per
+    /// thread. Default: one per CPU.
+    pub threads: Option<Threads>,
     /// chrony's `local stratum N`.
     pub local_stratum: Option<Stratum>,
+    /// chrony's `allow`/`deny` lines, in order, e.g. `["allow 192.168.0.0/16",
+    /// "deny 192.168.5.0/24"]`. None at all: no client is answered (as chrony).
+    pub access: Vec<String>,
+    /// chrony's `ratelimit`; absent: no rate limiting.
+    pub ratelimit: Option<RateLimitConfig>,
+    /// chrony's `clientloglimit`, bytes.
+    pub client_log_limit: ClientLogLimit,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: vec!["0.0.0.0:123".parse().unwrap(), "[::]:123".parse().unwrap()], local_stratum: None }
+        ServerConfig {
+            listen: vec!["0.0.0.0:123".parse().unwrap(), "[::]:123".parse().unwrap()],
+            threads: None,
+            local_stratum: None,
+            access: Vec::new(),
+            ratelimit: None,
+            client_log_limit: ClientLogLimit(524_288),
+        }
     }
 }
+
+impl ServerConfig {
+    pub fn threads(&self) -> u16 {
+        self.threads
+            .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u16), |t| t.0 as u16)
+    }
+}
+
+/// chrony's `ratelimit`, with its defaults and ranges (chrony.conf(5)).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RateLimitConfig {
+    /// Minimum mean interval between responses, log2 seconds.
+    pub interval: RateInterval,
+    /// Responses allowed in a burst above the interval.
+    pub burst: Burst,
+    /// 1 in 2^leak limited requests is answered anyway, so that a spoofer cannot
+    /// silence a real client.
+    pub leak: Leak,
+    /// strata's addition: answer 1 in 2^kod limited requests with a RATE
+    /// kiss-o'-death instead of silence. Absent: never.
+    pub kod: Option<Leak>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { interval: RateInterval(3), burst: Burst(8), leak: Leak(2), kod: None }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "i64")]
+pub struct RateInterval(pub i8);
+impl TryFrom<i64> for RateInterval {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if (-19..=12).contains(&v) {
+            Ok(RateInterval(v as i8))
+        } else {
+            Err(format!("a rate-limit interval (log2 seconds) must be between -19 and 12, not {v}"))
+        }
+    }
+}
+
+bounded!(Threads, 1, 64, "a number of serving threads");
+bounded!(Burst, 1, 255, "a burst");
+bounded!(Leak, 1, 4, "a leak (log2)");
+bounded!(ClientLogLimit, 4096, 2_147_483_648i64, "a client log limit in bytes");
 
 bounded!(Stratum, 1, 15, "a stratum");
 

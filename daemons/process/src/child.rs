@@ -50,6 +50,10 @@ pub trait Service: Sized {
     /// change, before the sandbox: the last chance for set-up syscalls.
     fn start(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Result<Self, String>;
 
+    /// The sandbox is in place on every thread: threads started in `start` may
+    /// now read untrusted input.
+    fn on_sandboxed(&mut self) {}
+
     /// A peer completed its handshake.
     fn on_linked(&mut self, _peer: Role, _out: &mut Outbox) {}
 
@@ -196,7 +200,7 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
     strata_sys::retain_only_capabilities(&keep).map_err(SetupError::Privileges)?;
     strata_sys::die_with_parent().map_err(SetupError::Privileges)?;
 
-    let service = S::start(settings, resources).map_err(SetupError::Service)?;
+    let mut service = S::start(settings, resources).map_err(SetupError::Service)?;
 
     let uid = nix::unistd::getuid().as_raw();
 
@@ -204,6 +208,7 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
     let policy = strata_policy::seccomp_policy(S::ROLE.name()).expect("every child has a policy");
     strata_sys::set_no_new_privs().map_err(SetupError::Sandbox)?;
     strata_sys::install_seccomp(&policy).map_err(SetupError::Sandbox)?;
+    service.on_sandboxed();
 
     // 7. Ready.
     supervisor.send(&ChildToSupervisor::Ready, None).map_err(|e| SetupError::Handshake(e.to_string()))?;

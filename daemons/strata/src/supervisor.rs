@@ -14,7 +14,7 @@
 //! 7. on SIGTERM/SIGINT stop the children in reverse start order within 2 s.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime};
@@ -28,7 +28,7 @@ use strata_config::Config;
 use strata_process::channel::{Channel, RecvError};
 use strata_proto::ipc::{
     self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity, MAX_FRAME,
-    NtpSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
+    NtpSettings, RateLimitSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
 };
 use strata_sys::Capability;
 use tracing::{error, info, warn};
@@ -164,11 +164,22 @@ impl Supervisor {
             });
         }
         let mut resources = Vec::new();
+        let threads = config.server.threads();
         for &addr in &config.server.listen {
-            let socket = std::net::UdpSocket::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-            let local = socket.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-            info!(%local, "bound NTP socket");
-            resources.push((Resource::NtpSocket { local }, OwnedFd::from(socket)));
+            // One socket per serving thread, all bound to the same address with
+            // SO_REUSEPORT: the kernel spreads clients over them by address hash.
+            let mut port = addr.port();
+            for thread in 0..threads {
+                let socket = bind_ntp_socket(std::net::SocketAddr::new(addr.ip(), port))
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let local = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(socket.as_raw_fd())
+                    .ok()
+                    .and_then(|a| socket_addr(&a))
+                    .unwrap_or(addr);
+                port = local.port(); // port 0: the others join the port the first one got
+                resources.push((Resource::NtpSocket { local, thread }, socket));
+            }
+            info!(%addr, port, threads, "bound NTP sockets");
         }
         let dir = &config.supervisor.runtime_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
@@ -316,7 +327,18 @@ impl Supervisor {
     fn settings(&self, role: Role) -> Settings {
         match role {
             Role::Ntp => {
-                Settings::Ntp(NtpSettings { local_stratum: self.config.server.local_stratum.map(|s| s.0 as u8) })
+                let server = &self.config.server;
+                Settings::Ntp(NtpSettings {
+                    local_stratum: server.local_stratum.map(|s| s.0 as u8),
+                    access: server.access.clone(),
+                    ratelimit: server.ratelimit.map(|r| RateLimitSettings {
+                        interval_log2: r.interval.0,
+                        burst: r.burst.0 as u8,
+                        leak_log2: r.leak.0 as u8,
+                        kod_log2: r.kod.map(|k| k.0 as u8),
+                    }),
+                    client_log_limit_bytes: u64::from(server.client_log_limit.0),
+                })
             }
             Role::Refclock => Settings::Refclock(RefclockSettings {}),
             Role::Adjust => Settings::Adjust(AdjustSettings { backend: self.config.clock.backend.0 }),
@@ -598,6 +620,27 @@ impl Supervisor {
             warn!("cannot write the status file in {}: {e}", self.config.supervisor.runtime_dir.display());
         }
     }
+}
+
+/// A UDP socket for serving NTP: close-on-exec, SO_REUSEPORT, IPv6 sockets
+/// v6-only (so that `0.0.0.0:123` and `[::]:123` can both be bound).
+fn bind_ntp_socket(addr: std::net::SocketAddr) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt};
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let socket = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&socket, sockopt::ReusePort, &true)?;
+    if addr.is_ipv6() {
+        setsockopt(&socket, sockopt::Ipv6V6Only, &true)?;
+    }
+    bind(socket.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(socket)
+}
+
+fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<std::net::SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(std::net::SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| std::net::SocketAddr::V6((*v6).into()))
 }
 
 fn lookup(name: &str, role: Role) -> Result<Identity, StartError> {

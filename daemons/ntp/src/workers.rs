@@ -1,0 +1,251 @@
+//! The serving threads. Each owns one SO_REUSEPORT socket and answers in
+//! batches: a blocking `recvmmsg` (MSG_WAITFORONE: wake for the first request,
+//! take all that are queued) → [`server::respond`] → `sendmmsg`. T2 is the
+//! kernel's receive timestamp (SO_TIMESTAMPNS), T3 one clock read just before
+//! `sendmmsg`. Buffers are allocated once per thread; nothing is allocated per
+//! packet.
+//!
+//! The threads are started before the sandbox (so that seccomp's TSYNC covers
+//! them) but read nothing until [`Shared::release`] is called after it.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+};
+use nix::sys::time::TimeSpec;
+use strata_proto::ipc::ServerStats;
+use strata_proto::ntp::{HEADER_LEN, NtpTimestamp};
+use tracing::warn;
+
+use crate::server::{self, ServerState};
+
+/// Requests taken from the kernel per `recvmmsg`.
+const BATCH: usize = 32;
+/// Longest request read; longer ones are truncated by the kernel and dropped. An
+/// NTP request with NTS extension fields stays far below this.
+const MAX_REQUEST: usize = 1024;
+
+/// What the serving threads share with the engine's main thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// What every answer says about our clock; the main thread updates it.
+    pub serving: RwLock<ServerState>,
+    counters: Vec<Counters>,
+    released: (Mutex<bool>, Condvar),
+}
+
+/// One thread's counters, on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Counters {
+    received: AtomicU64,
+    answered: AtomicU64,
+    malformed: AtomicU64,
+    not_client: AtomicU64,
+    denied: AtomicU64,
+    rate_limited: AtomicU64,
+    kod_sent: AtomicU64,
+    send_failed: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(serving: ServerState, threads: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            serving: RwLock::new(serving),
+            counters: (0..threads).map(|_| Counters::default()).collect(),
+            released: (Mutex::new(false), Condvar::new()),
+        })
+    }
+
+    /// Let the threads read from the network: called once the sandbox is in place.
+    pub fn release(&self) {
+        let (lock, cvar) = &self.released;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_all();
+    }
+
+    fn wait_released(&self) {
+        let (lock, cvar) = &self.released;
+        let mut released = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !*released {
+            released = cvar.wait(released).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The sum over all threads.
+    pub fn stats(&self) -> ServerStats {
+        let mut s = ServerStats::default();
+        for c in &self.counters {
+            s.received += c.received.load(Ordering::Relaxed);
+            s.answered += c.answered.load(Ordering::Relaxed);
+            s.malformed += c.malformed.load(Ordering::Relaxed);
+            s.not_client += c.not_client.load(Ordering::Relaxed);
+            s.denied += c.denied.load(Ordering::Relaxed);
+            s.rate_limited += c.rate_limited.load(Ordering::Relaxed);
+            s.kod_sent += c.kod_sent.load(Ordering::Relaxed);
+            s.send_failed += c.send_failed.load(Ordering::Relaxed);
+        }
+        s
+    }
+}
+
+/// The system clock as an NTP timestamp.
+pub fn now() -> NtpTimestamp {
+    let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    NtpTimestamp::from_unix_ns(unix_ns)
+}
+
+fn timestamp(ts: &TimeSpec) -> NtpTimestamp {
+    NtpTimestamp::from_unix_ns(ts.tv_sec() * 1_000_000_000 + ts.tv_nsec())
+}
+
+/// Start serving thread `index` on `socket`; it waits for [`Shared::release`].
+/// Returns once the thread runs: the C library's per-thread set-up (rseq, ...) is
+/// then done, before the seccomp filter that would refuse it.
+pub fn spawn(index: usize, socket: UdpSocket, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (running, started) = std::sync::mpsc::sync_channel(0);
+    std::thread::Builder::new().name(format!("ntp-serve-{index}")).spawn(move || {
+        let _ = running.send(());
+        shared.wait_released();
+        let mut worker = Worker::new(index, socket, shared);
+        loop {
+            worker.serve_batch();
+        }
+    })?;
+    started.recv().map_err(std::io::Error::other)
+}
+
+/// One request as `recvmmsg` delivered it.
+#[derive(Clone, Copy, Default)]
+struct Received {
+    len: usize,
+    client: Option<SockaddrStorage>,
+    /// The kernel's receive time (SO_TIMESTAMPNS).
+    kernel_time: Option<NtpTimestamp>,
+    /// Longer than the buffer: not a request we answer.
+    truncated: bool,
+}
+
+struct Worker {
+    index: usize,
+    socket: UdpSocket,
+    shared: Arc<Shared>,
+    requests: Box<[[u8; MAX_REQUEST]; BATCH]>,
+    replies: Box<[[u8; HEADER_LEN]; BATCH]>,
+    received: Box<[Received; BATCH]>,
+    /// Per reply: destination.
+    destinations: Box<[Option<SockaddrStorage>; BATCH]>,
+    recv_headers: MultiHeaders<SockaddrStorage>,
+    send_headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl Worker {
+    fn new(index: usize, socket: UdpSocket, shared: Arc<Shared>) -> Worker {
+        Worker {
+            index,
+            socket,
+            shared,
+            requests: Box::new([[0; MAX_REQUEST]; BATCH]),
+            replies: Box::new([[0; HEADER_LEN]; BATCH]),
+            received: Box::new([Received::default(); BATCH]),
+            destinations: Box::new([None; BATCH]),
+            recv_headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec))),
+            send_headers: MultiHeaders::preallocate(BATCH, None),
+        }
+    }
+
+    /// Wait for requests and answer up to [`BATCH`] of them.
+    fn serve_batch(&mut self) {
+        let fd = self.socket.as_raw_fd();
+        let count = {
+            let mut iovs = self.requests.each_mut().map(|r| [IoSliceMut::new(r)]);
+            match recvmmsg(fd, &mut self.recv_headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+                Ok(results) => {
+                    let mut n = 0;
+                    for (slot, msg) in self.received.iter_mut().zip(results) {
+                        let kernel_time = msg.cmsgs().ok().and_then(|mut c| {
+                            c.find_map(|m| match m {
+                                ControlMessageOwned::ScmTimestampns(ts) => Some(timestamp(&ts)),
+                                _ => None,
+                            })
+                        });
+                        *slot = Received {
+                            len: msg.bytes,
+                            client: msg.address,
+                            kernel_time,
+                            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+                        };
+                        n += 1;
+                    }
+                    n
+                }
+                Err(nix::Error::EAGAIN | nix::Error::EINTR) => 0,
+                Err(e) => {
+                    warn!(thread = self.index, "recvmmsg: {e}");
+                    0
+                }
+            }
+        };
+        if count == 0 {
+            return;
+        }
+        let counters = &self.shared.counters[self.index];
+        counters.received.fetch_add(count as u64, Ordering::Relaxed);
+        let state = self.shared.serving.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let fallback_t2 = now();
+        let mut replies = 0;
+        for i in 0..count {
+            let Received { len, client, kernel_time: t2, truncated } = self.received[i];
+            if truncated {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let reply = &mut self.replies[replies];
+            // T3 is stamped over the batch just before sending (below).
+            match server::respond(&self.requests[i][..len], t2.unwrap_or(fallback_t2), fallback_t2, &state, reply) {
+                Ok(_) => {
+                    self.destinations[replies] = client;
+                    replies += 1;
+                }
+                Err(server::Drop::NotAClientRequest(_)) => {
+                    counters.not_client.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if replies > 0 {
+            let t3 = now().to_bits().to_be_bytes();
+            for reply in &mut self.replies[..replies] {
+                reply[40..48].copy_from_slice(&t3);
+            }
+            let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| [IoSlice::new(&self.replies[k])]);
+            let no_cmsgs: [ControlMessage<'_>; 0] = [];
+            match sendmmsg(
+                fd,
+                &mut self.send_headers,
+                iovs[..replies].iter(),
+                &self.destinations[..replies],
+                no_cmsgs,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(results) => {
+                    let sent = results.count();
+                    counters.answered.fetch_add(sent as u64, Ordering::Relaxed);
+                    counters.send_failed.fetch_add((replies - sent) as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    counters.send_failed.fetch_add(replies as u64, Ordering::Relaxed);
+                    warn!(thread = self.index, "sendmmsg: {e}");
+                }
+            }
+        }
+    }
+}
