@@ -473,6 +473,8 @@ pub struct RefclockSample {
 pub enum ControlToEngine {
     Hello(Hello),
     ReadStatus,
+    /// The busiest clients of the client log (chronyc `clients`).
+    ReadClients,
 }
 channel!(ControlToEngine: Control -> Ntp);
 
@@ -480,6 +482,24 @@ channel!(ControlToEngine: Control -> Ntp);
 pub enum EngineToControl {
     Hello(Hello),
     Status(EngineStatus),
+    Clients(Vec<ClientActivity>),
+}
+
+/// At most this many clients in one `Clients` message (it must fit one frame).
+pub const MAX_CLIENTS_REPORTED: usize = 256;
+
+/// One line of chronyc's `clients`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientActivity {
+    pub address: std::net::IpAddr,
+    pub ntp_requests: u32,
+    /// Requests dropped by rate limiting.
+    pub dropped: u32,
+    /// Mean interval between requests, log2 seconds (chronyc `Int`), once known.
+    pub interval_log2: Option<i8>,
+    /// Mean interval between limited requests (chronyc `IntL`), once known.
+    pub limited_interval_log2: Option<i8>,
+    pub last_seen_s: Option<u32>,
 }
 channel!(EngineToControl: Ntp -> Control);
 
@@ -487,6 +507,10 @@ channel!(EngineToControl: Ntp -> Control);
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineStatus {
     pub server: ServerStats,
+    /// Clients in the client log, and the memory it holds (bounded by
+    /// `client-log-limit`).
+    pub clients_logged: u64,
+    pub client_log_bytes: u64,
     pub clock: Option<ClockStatus>,
     pub refclock_samples: u64,
 }

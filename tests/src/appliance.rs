@@ -43,16 +43,26 @@ impl Appliance {
     /// As [`Appliance::start`], with the supervisor started under `uid` (through
     /// `setpriv`, no capabilities): how a developer runs it without root.
     pub fn start_as(name: &str, extra_supervisor: &str, uid: Option<u32>) -> Appliance {
+        Appliance::start_custom(name, extra_supervisor, None, uid)
+    }
+
+    /// The most general start: `server` replaces the whole `[server]` table (the
+    /// default serves local stratum 1 on a free loopback port to loopback clients).
+    pub fn start_custom(name: &str, extra_supervisor: &str, server: Option<&str>, uid: Option<u32>) -> Appliance {
         ensure_built();
         let dir = scratch_dir(name);
         let ntp_port = free_udp_port();
         let config = dir.join("strata.toml");
+        let default_server = format!(
+            "listen = [\"127.0.0.1:{ntp_port}\"]\nlocal-stratum = 1\naccess = [\"allow 127.0.0.0/8\", \"allow ::1\"]\n"
+        );
         std::fs::write(
             &config,
             format!(
                 "[supervisor]\nruntime-dir = {:?}\nlog-level = \"debug\"\n{extra_supervisor}\n\n\
-                 [clock]\nbackend = \"none\"\n\n[server]\nlisten = [\"127.0.0.1:{ntp_port}\"]\nlocal-stratum = 1\n",
-                dir.join("run").display().to_string()
+                 [clock]\nbackend = \"none\"\n\n[server]\n{}\n",
+                dir.join("run").display().to_string(),
+                server.unwrap_or(&default_server),
             ),
         )
         .unwrap();

@@ -5,12 +5,15 @@
 //! input), so a range error points at the value itself.
 #![forbid(unsafe_code)]
 
+pub mod access;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use strata_proto::ipc::{ClockBackendKind, LogLevel, Role};
+use toml::Spanned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -204,7 +207,7 @@ pub struct ServerConfig {
     pub local_stratum: Option<Stratum>,
     /// chrony's `allow`/`deny` lines, in order, e.g. `["allow 192.168.0.0/16",
     /// "deny 192.168.5.0/24"]`. None at all: no client is answered (as chrony).
-    pub access: Vec<String>,
+    pub access: Vec<Spanned<String>>,
     /// chrony's `ratelimit`; absent: no rate limiting.
     pub ratelimit: Option<RateLimitConfig>,
     /// chrony's `clientloglimit`, bytes.
@@ -225,6 +228,11 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The `access` rules as written.
+    pub fn access_rules(&self) -> Vec<String> {
+        self.access.iter().map(|r| r.get_ref().clone()).collect()
+    }
+
     pub fn threads(&self) -> u16 {
         self.threads
             .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u16), |t| t.0 as u16)
@@ -283,11 +291,20 @@ impl Config {
 
     /// Parse `text`; `file` names it in errors.
     pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
+        let invalid = |offset: usize, message: String| {
             let (line, column) = line_column(text, offset);
-            ConfigError::Invalid { file: file.to_owned(), line, column, message: e.message().trim().to_string() }
-        })
+            ConfigError::Invalid { file: file.to_owned(), line, column, message }
+        };
+        let config: Config = toml::from_str(text)
+            .map_err(|e| invalid(e.span().map_or(0, |s| s.start), e.message().trim().to_string()))?;
+        // The access rules are checked here, not only in the engine, so that the
+        // error points at the word in the file.
+        if let Err(e) = access::AccessList::parse(&config.server.access_rules()) {
+            let rule = &config.server.access[e.index];
+            // The span starts at the opening quote of the string.
+            return Err(invalid(rule.span().start + 1 + e.offset, format!("access rule: {}", e.kind)));
+        }
+        Ok(config)
     }
 }
 
@@ -329,6 +346,15 @@ mod tests {
         assert_eq!(err, "t.toml:2:17: a stratum must be between 1 and 15, not 16");
         let err = parse("[server]\nlisten = [\"127.0.0.1\"]\n").unwrap_err();
         assert!(err.starts_with("t.toml:2:11:"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_access_rule_points_at_the_bad_word() {
+        let err = parse("[server]\naccess = [\"allow 10.0.0.0/8\", \"deny 192.168.300.0/24\"]\n").unwrap_err();
+        assert!(err.starts_with("t.toml:2:37: access rule: `192.168.300.0`"), "{err}");
+        let err = parse("[server]\naccess = [\"permit 10.0.0.0/8\"]\n").unwrap_err();
+        assert!(err.starts_with("t.toml:2:12: access rule:"), "{err}");
+        assert_eq!(parse("[server]\naccess = [\"allow 10.0.0.0/8\", \"deny all\"]\n").unwrap().server.access.len(), 2);
     }
 
     #[test]

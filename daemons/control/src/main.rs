@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
-    AdjusterToControl, ClockStatus, ControlToAdjuster, ControlToEngine, ControlToRefclock, EngineStatus,
-    EngineToControl, RefclockStatus, RefclockToControl, Resource, Role, Settings,
+    AdjusterToControl, ClientActivity, ClockStatus, ControlToAdjuster, ControlToEngine, ControlToRefclock,
+    EngineStatus, EngineToControl, RefclockStatus, RefclockToControl, Resource, Role, Settings,
 };
 use tracing::{debug, warn};
 
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
 
 struct ControlPlane {
     engine: Option<EngineStatus>,
+    clients: Vec<ClientActivity>,
     clock: Option<ClockStatus>,
     refclock: Option<RefclockStatus>,
     next_refresh: Instant,
@@ -30,7 +31,10 @@ struct ControlPlane {
 impl ControlPlane {
     fn ask(peer: Role, out: &mut Outbox) {
         match peer {
-            Role::Ntp => out.send(&ControlToEngine::ReadStatus),
+            Role::Ntp => {
+                out.send(&ControlToEngine::ReadStatus);
+                out.send(&ControlToEngine::ReadClients);
+            }
             Role::Adjust => out.send(&ControlToAdjuster::ReadStatus),
             Role::Refclock => out.send(&ControlToRefclock::ReadStatus),
             _ => {}
@@ -46,7 +50,13 @@ impl Service for ControlPlane {
         if !resources.is_empty() {
             return Err("the control plane takes no resources yet".into());
         }
-        Ok(ControlPlane { engine: None, clock: None, refclock: None, next_refresh: Instant::now() + REFRESH })
+        Ok(ControlPlane {
+            engine: None,
+            clients: Vec::new(),
+            clock: None,
+            refclock: None,
+            next_refresh: Instant::now() + REFRESH,
+        })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -57,6 +67,7 @@ impl Service for ControlPlane {
         match peer {
             Role::Ntp => match decode_peer::<EngineToControl>(frame)? {
                 EngineToControl::Status(s) => self.engine = Some(s),
+                EngineToControl::Clients(c) => self.clients = c,
                 EngineToControl::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },
             Role::Adjust => match decode_peer::<AdjusterToControl>(frame)? {
@@ -72,7 +83,7 @@ impl Service for ControlPlane {
             },
             other => return Err(Violation(format!("no channel with {other}"))),
         }
-        debug!(engine = ?self.engine, clock = ?self.clock, refclock = ?self.refclock, "status");
+        debug!(engine = ?self.engine, clock = ?self.clock, refclock = ?self.refclock, clients = self.clients.len(), "status");
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! channel that carries bounded clock requests and nothing else.
 #![forbid(unsafe_code)]
 
+mod clientlog;
 mod server;
 mod workers;
 
@@ -41,7 +42,7 @@ impl Service for Engine {
             Some(stratum) => ServerState::local(stratum),
             None => ServerState::unsynchronised(),
         };
-        let shared = Shared::new(serving, resources.len());
+        let shared = Shared::new(serving, &settings, resources.len())?;
         for (index, (resource, fd)) in resources.into_iter().enumerate() {
             let Resource::NtpSocket { local, thread } = resource;
             // The kernel's receive time of each request is its T2.
@@ -79,8 +80,10 @@ impl Service for Engine {
             Role::Control => match decode_peer::<ControlToEngine>(frame)? {
                 ControlToEngine::ReadStatus => {
                     self.status.server = self.shared.stats();
+                    (self.status.clients_logged, self.status.client_log_bytes) = self.shared.client_log_size();
                     out.send(&EngineToControl::Status(self.status.clone()));
                 }
+                ControlToEngine::ReadClients => out.send(&EngineToControl::Clients(self.shared.busiest_clients())),
                 ControlToEngine::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },
             other => return Err(Violation(format!("no channel with {other}"))),

@@ -159,6 +159,14 @@ pub fn respond(
     Ok(HEADER_LEN)
 }
 
+/// Turn a reply into a RATE kiss-o'-death (RFC 5905 §7.4): leap 3, stratum 0,
+/// reference id "RATE"; the origin timestamp stays, so the client can match it.
+pub fn make_rate_kiss(reply: &mut [u8; HEADER_LEN]) {
+    reply[0] = (reply[0] & 0x3f) | (3 << 6);
+    reply[1] = 0;
+    reply[12..16].copy_from_slice(b"RATE");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,22 +8,30 @@
 //! The threads are started before the sandbox (so that seccomp's TSYNC covers
 //! them) but read nothing until [`Shared::release`] is called after it.
 
+use std::hash::BuildHasher;
 use std::io::{IoSlice, IoSliceMut};
+use std::net::IpAddr;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
 use nix::sys::time::TimeSpec;
-use strata_proto::ipc::ServerStats;
+use strata_config::access::AccessList;
+use strata_proto::ipc::{ClientActivity, MAX_CLIENTS_REPORTED, NtpSettings, ServerStats};
 use strata_proto::ntp::{HEADER_LEN, NtpTimestamp};
 use tracing::warn;
 
+use crate::clientlog::{ClientLog, RateLimit, Verdict};
 use crate::server::{self, ServerState};
+
+/// The client log is split in shards by address, each behind its own lock, so that
+/// the serving threads rarely wait for each other.
+const CLIENT_LOG_SHARDS: usize = 16;
 
 /// Requests taken from the kernel per `recvmmsg`.
 const BATCH: usize = 32;
@@ -36,6 +44,13 @@ const MAX_REQUEST: usize = 1024;
 pub struct Shared {
     /// What every answer says about our clock; the main thread updates it.
     pub serving: RwLock<ServerState>,
+    /// chrony's allow/deny rules.
+    access: AccessList,
+    clients: Box<[Mutex<ClientLog>]>,
+    /// Picks a client's shard; random per process.
+    shard_hasher: std::collections::hash_map::RandomState,
+    /// The client log's clock: monotonic, so rate limits ignore clock steps.
+    started: Instant,
     counters: Vec<Counters>,
     released: (Mutex<bool>, Condvar),
 }
@@ -55,11 +70,59 @@ struct Counters {
 }
 
 impl Shared {
-    pub fn new(serving: ServerState, threads: usize) -> Arc<Shared> {
-        Arc::new(Shared {
+    pub fn new(serving: ServerState, settings: &NtpSettings, threads: usize) -> Result<Arc<Shared>, String> {
+        let access = AccessList::parse(&settings.access).map_err(|e| format!("access rules: {e}"))?;
+        let limit = settings.ratelimit.map(|r| RateLimit {
+            interval_log2: r.interval_log2,
+            burst: r.burst,
+            leak_log2: r.leak_log2,
+            kod_log2: r.kod_log2,
+        });
+        let shard_bytes = usize::try_from(settings.client_log_limit_bytes).unwrap_or(usize::MAX) / CLIENT_LOG_SHARDS;
+        let shard_hasher = std::collections::hash_map::RandomState::new();
+        let clients = (0..CLIENT_LOG_SHARDS)
+            .map(|i| Mutex::new(ClientLog::new(shard_bytes, limit, shard_hasher.hash_one(i))))
+            .collect();
+        Ok(Arc::new(Shared {
             serving: RwLock::new(serving),
+            access,
+            clients,
+            shard_hasher,
+            started: Instant::now(),
             counters: (0..threads).map(|_| Counters::default()).collect(),
             released: (Mutex::new(false), Condvar::new()),
+        }))
+    }
+
+    fn client_log(&self, client: IpAddr) -> &Mutex<ClientLog> {
+        &self.clients[(self.shard_hasher.hash_one(client) % CLIENT_LOG_SHARDS as u64) as usize]
+    }
+
+    /// The busiest clients in the log, at most [`MAX_CLIENTS_REPORTED`].
+    pub fn busiest_clients(&self) -> Vec<ClientActivity> {
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        let mut all: Vec<ClientActivity> = Vec::new();
+        for shard in self.clients.iter() {
+            let log = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(log.clients().map(|c| ClientActivity {
+                address: c.address,
+                ntp_requests: c.ntp_requests,
+                dropped: c.dropped,
+                interval_log2: c.interval_log2,
+                limited_interval_log2: c.limited_interval_log2,
+                last_seen_s: c.seconds_since_last(now_ns),
+            }));
+        }
+        all.sort_by_key(|c| std::cmp::Reverse(c.ntp_requests));
+        all.truncate(MAX_CLIENTS_REPORTED);
+        all
+    }
+
+    /// Clients in the log and the bytes the log holds, over all shards.
+    pub fn client_log_size(&self) -> (u64, u64) {
+        self.clients.iter().fold((0, 0), |(n, bytes), shard| {
+            let log = shard.lock().unwrap_or_else(|e| e.into_inner());
+            (n + log.len() as u64, bytes + log.memory_bytes() as u64)
         })
     }
 
@@ -143,6 +206,8 @@ struct Worker {
     destinations: Box<[Option<SockaddrStorage>; BATCH]>,
     recv_headers: MultiHeaders<SockaddrStorage>,
     send_headers: MultiHeaders<SockaddrStorage>,
+    /// xorshift state for the rate limiter's leak and kiss-o'-death draws.
+    random: u64,
 }
 
 impl Worker {
@@ -157,7 +222,15 @@ impl Worker {
             destinations: Box::new([None; BATCH]),
             recv_headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec))),
             send_headers: MultiHeaders::preallocate(BATCH, None),
+            random: std::collections::hash_map::RandomState::new().hash_one(index) | 1,
         }
+    }
+
+    fn next_random(&mut self) -> u32 {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        (self.random >> 32) as u32
     }
 
     /// Wait for requests and answer up to [`BATCH`] of them.
@@ -195,21 +268,52 @@ impl Worker {
         if count == 0 {
             return;
         }
-        let counters = &self.shared.counters[self.index];
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters[self.index];
         counters.received.fetch_add(count as u64, Ordering::Relaxed);
         let state = self.shared.serving.read().unwrap_or_else(|e| e.into_inner()).clone();
         let fallback_t2 = now();
+        let now_ns = self.shared.started.elapsed().as_nanos() as u64;
         let mut replies = 0;
+        let mut kods = 0;
         for i in 0..count {
             let Received { len, client, kernel_time: t2, truncated } = self.received[i];
+            let Some(ip) = client.as_ref().and_then(ip_of) else {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
             if truncated {
                 counters.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // chrony's order: access rules, then the packet, then the rate limit.
+            if !self.shared.access.allows(ip) {
+                counters.denied.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let reply = &mut self.replies[replies];
             // T3 is stamped over the batch just before sending (below).
             match server::respond(&self.requests[i][..len], t2.unwrap_or(fallback_t2), fallback_t2, &state, reply) {
                 Ok(_) => {
+                    let random = self.next_random();
+                    let verdict = self
+                        .shared
+                        .client_log(ip)
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .on_request(ip, now_ns, random);
+                    match verdict {
+                        Verdict::Answer => {}
+                        Verdict::Drop => {
+                            counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Verdict::Kod => {
+                            counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            server::make_rate_kiss(&mut self.replies[replies]);
+                            kods += 1;
+                        }
+                    }
                     self.destinations[replies] = client;
                     replies += 1;
                 }
@@ -238,7 +342,8 @@ impl Worker {
             ) {
                 Ok(results) => {
                     let sent = results.count();
-                    counters.answered.fetch_add(sent as u64, Ordering::Relaxed);
+                    counters.kod_sent.fetch_add(kods.min(sent) as u64, Ordering::Relaxed);
+                    counters.answered.fetch_add(sent.saturating_sub(kods) as u64, Ordering::Relaxed);
                     counters.send_failed.fetch_add((replies - sent) as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -248,4 +353,11 @@ impl Worker {
             }
         }
     }
+}
+
+fn ip_of(address: &SockaddrStorage) -> Option<IpAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(IpAddr::V4(v4.ip()));
+    }
+    address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }

@@ -330,7 +330,7 @@ impl Supervisor {
                 let server = &self.config.server;
                 Settings::Ntp(NtpSettings {
                     local_stratum: server.local_stratum.map(|s| s.0 as u8),
-                    access: server.access.clone(),
+                    access: server.access_rules(),
                     ratelimit: server.ratelimit.map(|r| RateLimitSettings {
                         interval_log2: r.interval.0,
                         burst: r.burst.0 as u8,
