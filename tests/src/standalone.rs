@@ -50,6 +50,12 @@ fn identity(role: Role) -> Option<Identity> {
 impl Standalone {
     /// Spawn the process, run its start-up handshake and wait for `Ready`.
     pub fn start(role: Role, resources: Vec<(Resource, OwnedFd)>) -> Standalone {
+        Standalone::start_with(demo_settings(role), resources)
+    }
+
+    /// As [`Standalone::start`], with these settings (their variant names the process).
+    pub fn start_with(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Standalone {
+        let role = settings.role();
         ensure_built();
         let (ours, theirs) = Channel::pair().unwrap();
         let child = strata_sys::spawn_with_channel(Command::new(bin_dir().join(role.binary())), theirs.into_fd())
@@ -58,11 +64,7 @@ impl Standalone {
         s.wait_readable(Duration::from_secs(5));
         s.supervisor.recv_hello(role).expect("child's Hello");
         s.send(&SupervisorToChild::Hello(Hello::new(Role::Supervisor)));
-        let start = Start {
-            identity: identity(role),
-            log_level: strata_proto::ipc::LogLevel::Debug,
-            settings: demo_settings(role),
-        };
+        let start = Start { identity: identity(role), log_level: strata_proto::ipc::LogLevel::Debug, settings };
         s.send(&SupervisorToChild::Start(start));
         for (r, fd) in &resources {
             s.supervisor.send(&SupervisorToChild::Resource(r.clone()), Some(fd.as_fd())).unwrap();

@@ -3,7 +3,14 @@
 //! - `cargo xtask ci`: what CI runs — installs what the tests need (Debian packages,
 //!   the appliance's system users), then fmt, clippy, build and every test.
 //! - `cargo xtask demo`: builds and runs the appliance with deploy/examples/demo.toml.
+//! - `cargo xtask bench server`: the same NTP load offered to strata and chronyd, one
+//!   table of answered rate, loss and response time (see BENCHMARKS.md).
+//! - `cargo xtask fuzz ntp-packet [--seconds N]`: libFuzzer on the NTP packet parser
+//!   (proto/fuzz, see its README.md); fails on any crashing input.
 #![forbid(unsafe_code)]
+
+mod bench;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,8 +27,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("demo") => demo(),
+        Some("bench") => bench::main(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|demo>");
+            eprintln!("usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet>");
             return ExitCode::from(2);
         }
     };
