@@ -20,6 +20,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // systemd-sysusers creates the appliance's users from deploy/sysusers.d.
     ("systemd-sysusers", "systemd"),
     ("python3", "python3"),
+    // Real peers: upstream/cross-check server (`chronyd -x`) and client (`chronyd -Q`).
+    ("chronyd", "chrony"),
+    // ntpsec's one-shot client, for interop on port 123.
+    ("ntpdig", "ntpsec-ntpdig"),
 ];
 
 fn main() -> ExitCode {
@@ -81,7 +85,23 @@ fn ensure_packages() -> Result {
         return Err(format!("missing packages {missing:?}; run as root to install them"));
     }
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing))
+    // Installing chrony must not start a chronyd that disciplines this machine's
+    // clock: policy-rc.d answering 101 forbids service starts during the install.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").map_err(|e| format!("{}: {e}", policy.display()))?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(|e| format!("{}: {e}", policy.display()))?;
+    }
+    let installed = run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing));
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }
 
 /// Create the appliance's system users (needs root).

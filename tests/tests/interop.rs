@@ -1,0 +1,116 @@
+//! Real clients accept strata's answers: chronyd (`-Q`: measure only, never set the
+//! clock) and ntpsec's ntpdig (which only speaks to port 123, so strata serves on
+//! 127.0.0.2:123 / 127.0.0.3:123, bound by the root supervisor).
+
+use std::process::Command;
+
+use strata_tests::appliance::Appliance;
+use strata_tests::{require_root, require_tool, scratch_dir};
+
+/// Run `chronyd -Q` against 127.0.0.1:`port`; returns its output and its
+/// measurements log.
+fn chronyd_query(port: u16) -> (bool, String, String) {
+    let dir = scratch_dir("chronyd-q");
+    // chronyd drops to its own user and must be able to write its log here.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let conf = dir.join("chrony.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server 127.0.0.1 port {port} iburst maxsamples 4\nlogdir {0}\nlog measurements\n\
+             cmdport 0\nbindcmdaddress {0}/chronyd.sock\npidfile {0}/chronyd.pid\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("timeout").args(["60", "chronyd", "-Q", "-f"]).arg(&conf).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let log = std::fs::read_to_string(dir.join("measurements.log")).unwrap_or_default();
+    (out.status.success(), text, log)
+}
+
+/// `ntpdig -j` against `host` (port 123).
+fn ntpdig(host: &str) -> (bool, String) {
+    let out = Command::new("timeout").args(["20", "ntpdig", "-j", "-t", "2", host]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn field<'a>(json: &'a str, key: &str) -> &'a str {
+    let start = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("no {key} in {json}")) + key.len() + 3;
+    json[start..].split([',', '}']).next().unwrap().trim_matches('"')
+}
+
+#[test]
+fn chronyd_takes_strata_for_a_stratum_1_server_within_a_millisecond() {
+    if !require_tool("chronyd interop", "chronyd") || !require_root("chronyd interop") {
+        return;
+    }
+    let appliance = Appliance::start("chronyd-interop", "");
+    let (ok, output, log) = chronyd_query(appliance.ntp_port);
+    assert!(ok, "chronyd -Q failed:\n{output}");
+    let wrong_by: f64 = output
+        .lines()
+        .find_map(|l| l.split("System clock wrong by ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no offset in chronyd's output:\n{output}"))
+        .parse()
+        .unwrap();
+    assert!(wrong_by.abs() < 1e-3, "chronyd measured {wrong_by} s against strata on loopback");
+    // Every measurement: leap N(ormal), stratum 1, reference id LOCL (4C4F434C).
+    let samples: Vec<&str> = log.lines().filter(|l| l.contains(" 127.0.0.1 ")).collect();
+    // chronyd -Q stops as soon as it has enough samples (three on loopback).
+    assert!(samples.len() >= 2, "measurements:\n{log}");
+    for line in samples {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols[3], cols[4]), ("N", "1"), "leap and stratum in {line}");
+        assert!(line.contains("4C4F434C"), "refid LOCL in {line}");
+    }
+}
+
+#[test]
+fn ntpdig_takes_strata_for_a_stratum_1_server_within_a_millisecond() {
+    if !require_tool("ntpdig interop", "ntpdig") || !require_root("ntpdig interop") {
+        return;
+    }
+    let server = "listen = [\"127.0.0.2:123\"]\nlocal-stratum = 1\naccess = [\"allow 127.0.0.0/8\"]\n";
+    let _appliance = Appliance::start_custom("ntpdig-interop", "", Some(server), None);
+    let (ok, json) = ntpdig("127.0.0.2");
+    assert!(ok, "ntpdig failed: {json}");
+    assert_eq!(field(&json, "stratum"), "1", "{json}");
+    assert_eq!(field(&json, "leap"), "no-leap", "{json}");
+    let offset: f64 = field(&json, "offset").parse().unwrap();
+    assert!(offset.abs() < 1e-3, "ntpdig measured {offset} s against strata on loopback");
+}
+
+#[test]
+fn an_unsynchronised_strata_is_refused_by_both_clients() {
+    if !require_tool("unsynchronised", "chronyd") || !require_tool("unsynchronised", "ntpdig") {
+        return;
+    }
+    if !require_root("unsynchronised") {
+        return;
+    }
+    // No local stratum and no source: leap 3, stratum 0 in every answer.
+    let port = strata_tests::free_udp_port();
+    let server = format!("listen = [\"127.0.0.3:123\", \"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n");
+    let _appliance = Appliance::start_custom("unsync-interop", "", Some(&server), None);
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+    let mut request = [0u8; 48];
+    request[0] = 0x23;
+    socket.send_to(&request, ("127.0.0.1", port)).unwrap();
+    let mut reply = [0u8; 48];
+    socket.recv_from(&mut reply).expect("an unsynchronised server still answers");
+    assert_eq!((reply[0] >> 6, reply[1]), (3, 0), "leap 3, stratum 0");
+
+    let (ok, text) = ntpdig("127.0.0.3");
+    assert!(!ok, "ntpdig accepted an unsynchronised server: {text}");
+    assert!(text.contains("stratum 0"), "{text}");
+
+    let (ok, output, log) = chronyd_query(port);
+    assert!(!ok, "chronyd accepted an unsynchronised server:\n{output}");
+    assert!(output.contains("No suitable source for synchronisation"), "{output}");
+    assert!(!log.lines().any(|l| l.contains(" 127.0.0.1 ")), "chronyd took a measurement:\n{log}");
+}
