@@ -74,3 +74,27 @@ fn serving_continues_while_the_other_processes_are_down() {
     }
     assert_eq!(appliance.pid_of("ntp"), engine);
 }
+
+#[test]
+fn ipv4_and_ipv6_clients_are_both_answered() {
+    if !require_root("IPv6") {
+        return;
+    }
+    let port = strata_tests::free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nlocal-stratum = 2\naccess = [\"allow 127.0.0.0/8\", \"allow ::1\"]\n"
+    );
+    let _appliance = Appliance::start_custom("dual-stack", "", Some(&server), None);
+    for (local, remote) in [("127.0.0.1:0", format!("127.0.0.1:{port}")), ("[::1]:0", format!("[::1]:{port}"))] {
+        let socket = UdpSocket::bind(local).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut request = [0u8; 48];
+        request[0] = 0x1b; // version 3, client: the version is echoed
+        socket.send_to(&request, &remote).unwrap();
+        let mut reply = [0u8; 48];
+        let (n, _) = socket.recv_from(&mut reply).unwrap_or_else(|e| panic!("{remote}: {e}"));
+        assert_eq!(n, 48);
+        assert_eq!(reply[0] & 0x3f, (3 << 3) | 4, "{remote}: version 3 echoed, mode 4");
+        assert_eq!(reply[1], 2, "{remote}: local stratum 2");
+    }
+}

@@ -212,6 +212,10 @@ pub struct ServerConfig {
     pub ratelimit: Option<RateLimitConfig>,
     /// chrony's `clientloglimit`, bytes.
     pub client_log_limit: ClientLogLimit,
+    /// Receive buffer of each NTP socket, bytes. A burst of requests waits here
+    /// while a serving thread is off the CPU; the kernel's default (~200 KiB, a
+    /// few hundred requests) overflows within a millisecond at 200k requests/s.
+    pub receive_buffer: ReceiveBuffer,
 }
 
 impl Default for ServerConfig {
@@ -223,6 +227,7 @@ impl Default for ServerConfig {
             access: Vec::new(),
             ratelimit: None,
             client_log_limit: ClientLogLimit(524_288),
+            receive_buffer: ReceiveBuffer(4 << 20),
         }
     }
 }
@@ -276,6 +281,7 @@ impl TryFrom<i64> for RateInterval {
 }
 
 bounded!(Threads, 1, 64, "a number of serving threads");
+bounded!(ReceiveBuffer, 65_536, 268_435_456, "a receive buffer in bytes");
 bounded!(Burst, 1, 255, "a burst");
 bounded!(Leak, 1, 4, "a leak (log2)");
 bounded!(ClientLogLimit, 4096, 2_147_483_648i64, "a client log limit in bytes");

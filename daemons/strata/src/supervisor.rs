@@ -165,12 +165,13 @@ impl Supervisor {
         }
         let mut resources = Vec::new();
         let threads = config.server.threads();
+        let receive_buffer = config.server.receive_buffer.0 as usize;
         for &addr in &config.server.listen {
             // One socket per serving thread, all bound to the same address with
             // SO_REUSEPORT: the kernel spreads clients over them by address hash.
             let mut port = addr.port();
             for thread in 0..threads {
-                let socket = bind_ntp_socket(std::net::SocketAddr::new(addr.ip(), port))
+                let socket = bind_ntp_socket(std::net::SocketAddr::new(addr.ip(), port), receive_buffer)
                     .map_err(|source| StartError::Bind { addr, source })?;
                 let local = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(socket.as_raw_fd())
                     .ok()
@@ -624,11 +625,16 @@ impl Supervisor {
 
 /// A UDP socket for serving NTP: close-on-exec, SO_REUSEPORT, IPv6 sockets
 /// v6-only (so that `0.0.0.0:123` and `[::]:123` can both be bound).
-fn bind_ntp_socket(addr: std::net::SocketAddr) -> std::io::Result<OwnedFd> {
+fn bind_ntp_socket(addr: std::net::SocketAddr, receive_buffer: usize) -> std::io::Result<OwnedFd> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt};
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let socket = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     setsockopt(&socket, sockopt::ReusePort, &true)?;
+    // As root the configured size is forced past net.core.rmem_max; otherwise the
+    // kernel caps it there.
+    if setsockopt(&socket, sockopt::RcvBufForce, &receive_buffer).is_err() {
+        setsockopt(&socket, sockopt::RcvBuf, &receive_buffer)?;
+    }
     if addr.is_ipv6() {
         setsockopt(&socket, sockopt::Ipv6V6Only, &true)?;
     }
