@@ -47,5 +47,10 @@ pub fn seccomp_policy(process: &str) -> Option<SeccompPolicy> {
     [NTP, REFCLOCK, ADJUST, CONTROL].into_iter().find(|p| p.process == process)
 }
 
+/// The clock adjuster's limits, from the reviewed `policy/clock.toml`.
+pub mod clock {
+    include!(concat!(env!("OUT_DIR"), "/clock.rs"));
+}
+
 #[cfg(test)]
 mod tests;

@@ -264,6 +264,9 @@ pub enum ChildToSupervisor {
         link: u64,
         reason: UnlinkReason,
     },
+    /// The adjuster stepped the clock: one step of the per-boot budget is used.
+    /// The supervisor keeps the count, so a re-spawn cannot reset it.
+    StepTaken,
 }
 
 impl Message for ChildToSupervisor {}
@@ -350,6 +353,10 @@ pub struct RefclockSettings {}
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdjustSettings {
     pub backend: ClockBackendKind,
+    /// Steps left in this boot's budget (policy/clock.toml), as the supervisor counts.
+    pub steps_left: u32,
+    /// Automatic steps are allowed until this system time (ns since the Unix epoch).
+    pub automatic_steps_until_ns: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -362,6 +369,8 @@ pub enum ClockBackendKind {
     None,
     /// CLOCK_REALTIME through clock_adjtime.
     System,
+    /// A model clock in a file (`clock_model`): tests and demos.
+    Simulated,
 }
 
 /// A privileged resource handed over by the supervisor, with its descriptor.
@@ -371,6 +380,9 @@ pub enum Resource {
     /// Sockets of one address are bound with SO_REUSEPORT, one per serving thread;
     /// `thread` says which thread of the engine serves this one.
     NtpSocket { local: SocketAddr, thread: u16 },
+    /// The simulated clock's model file: read-write for the adjuster, read-only
+    /// for the others.
+    ClockModel { writable: bool },
 }
 
 // ---------------------------------------------------------------------------
@@ -405,6 +417,7 @@ pub enum AdjusterToEngine {
     Status(ClockStatus),
     Refused { request: ClockRequestKind, reason: String },
 }
+// (An operator's `makestep` reaches the engine as `ClockStatus::operator_step_authorised`.)
 channel!(AdjusterToEngine: Adjust -> Ntp);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +445,11 @@ pub struct ClockStatus {
     pub leap: Leap,
     /// Steps still allowed in this boot.
     pub steps_left: u32,
+    /// Whether automatic steps (makestep) are still allowed by the time window.
+    pub automatic_steps_allowed: bool,
+    /// An operator authorised one step (`stratactl makestep`): the next `Step` is
+    /// allowed outside the window.
+    pub operator_step_authorised: bool,
 }
 
 // ---------------------------------------------------------------------------

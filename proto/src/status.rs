@@ -17,6 +17,9 @@ pub struct ApplianceStatus {
     pub processes: Vec<ProcessStatus>,
     /// Alarms raised since start: processes that will not be re-spawned.
     pub alarms: Vec<String>,
+    /// Clock steps taken in this boot, and the budget (policy/clock.toml).
+    pub clock_steps_used: u32,
+    pub clock_step_budget: u32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -49,6 +49,21 @@ impl Appliance {
     /// The most general start: `server` replaces the whole `[server]` table (the
     /// default serves local stratum 1 on a free loopback port to loopback clients).
     pub fn start_custom(name: &str, extra_supervisor: &str, server: Option<&str>, uid: Option<u32>) -> Appliance {
+        Appliance::start_full(name, extra_supervisor, server, "backend = \"none\"", uid)
+    }
+
+    /// With this `[clock]` table body (e.g. `backend = "simulated:/path"`).
+    pub fn start_with_clock(name: &str, server: Option<&str>, clock: &str) -> Appliance {
+        Appliance::start_full(name, "", server, clock, None)
+    }
+
+    fn start_full(
+        name: &str,
+        extra_supervisor: &str,
+        server: Option<&str>,
+        clock: &str,
+        uid: Option<u32>,
+    ) -> Appliance {
         ensure_built();
         let dir = scratch_dir(name);
         let ntp_port = free_udp_port();
@@ -60,7 +75,7 @@ impl Appliance {
             &config,
             format!(
                 "[supervisor]\nruntime-dir = {:?}\nlog-level = \"debug\"\n{extra_supervisor}\n\n\
-                 [clock]\nbackend = \"none\"\n\n[server]\n{}\n",
+                 [clock]\n{clock}\n\n[server]\n{}\n",
                 dir.join("run").display().to_string(),
                 server.unwrap_or(&default_server),
             ),

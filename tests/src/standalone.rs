@@ -31,7 +31,11 @@ pub fn demo_settings(role: Role) -> Settings {
             client_log_limit_bytes: 524_288,
         }),
         Role::Refclock => Settings::Refclock(RefclockSettings {}),
-        Role::Adjust => Settings::Adjust(AdjustSettings { backend: ClockBackendKind::None }),
+        Role::Adjust => Settings::Adjust(AdjustSettings {
+            backend: ClockBackendKind::None,
+            steps_left: 4,
+            automatic_steps_until_ns: 0,
+        }),
         Role::Control => Settings::Control(ControlSettings {}),
         Role::Supervisor => panic!("not a child"),
     }
@@ -80,6 +84,11 @@ impl Standalone {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The exit status, once the process has exited with one.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().unwrap().and_then(|s| s.code())
     }
 
     /// Whether the process is still running.

@@ -193,7 +193,12 @@ fn a_million_source_addresses_do_not_grow_the_client_log_past_its_limit() {
         nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, server.address.port()));
     let payload = client_request(1);
     let mut arrived = 0;
-    for n in 0..1_000_000u32 {
+    // Until a million distinct sources have been heard (a few packets may overflow
+    // the loopback queue under load, so keep going with new addresses, each once).
+    for n in 0..2_000_000u32 {
+        if n % 100_000 == 0 && server.status().server.received >= 1_000_000 {
+            break;
+        }
         if n % 100 == 0 && n > 0 {
             // Pace the flood to what the engine takes in: loopback delivery queues at
             // most netdev_max_backlog packets (requests and replies together), and
@@ -218,7 +223,7 @@ fn a_million_source_addresses_do_not_grow_the_client_log_past_its_limit() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = server.status();
-    assert!(after.server.received > 990_000, "only {} requests arrived", after.server.received);
+    assert!(after.server.received >= 1_000_000, "only {} requests arrived", after.server.received);
     assert!(after.clients_logged > 10_000, "{after:?}");
     // Every logged client is a 36-byte record inside the fixed table.
     assert!(after.clients_logged * 36 <= after.client_log_bytes, "{after:?}");

@@ -2,56 +2,159 @@
 //!
 //! It accepts a closed set of requests — from the engine on one channel, from the
 //! control plane (operator-authorised) on another — checks every field, and applies
-//! what its policy allows to the clock backend. It opens no file and no socket: its
-//! seccomp policy has no such calls.
+//! what its own policy allows (`policy/clock.toml`, compiled in) to the clock backend.
+//! It opens no file and no socket: its seccomp policy has no such calls; the
+//! simulated clock's model file is opened by the supervisor and handed over.
+//!
+//! - a non-finite number is a protocol violation: the peer is dropped;
+//! - a correction beyond the panic threshold: refused, and the adjuster exits with
+//!   the do-not-respawn status (the supervisor raises an alarm);
+//! - a frequency beyond the policy, a step without budget, or an automatic step
+//!   outside the makestep window and not authorised by an operator: refused;
+//! - a slew is applied at the policy's maximum rate, never faster.
 #![forbid(unsafe_code)]
+
+mod clock;
 
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use strata_policy::clock as limits;
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
-    AdjusterToControl, AdjusterToEngine, ClockBackendKind, ClockRequestKind, ClockStatus, ControlToAdjuster,
-    EngineToAdjuster, Leap, Resource, Role, Settings,
+    AdjusterToControl, AdjusterToEngine, ChildToSupervisor, ClockRequestKind, ClockStatus, ControlToAdjuster,
+    EXIT_DO_NOT_RESPAWN, EngineToAdjuster, Leap, Resource, Role, Settings,
 };
 use strata_sys::Capability;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+use crate::clock::{Backend, Change};
 
 fn main() -> ExitCode {
     child::run::<Adjuster>()
 }
 
 struct Adjuster {
-    backend: ClockBackendKind,
+    backend: Backend,
     leap: Leap,
+    steps_left: u32,
+    automatic_steps_until_ns: i64,
+    operator_step_authorised: bool,
+    /// Refusals logged in the current 10 s; a flood is summarised, not echoed.
+    refusals_logged: u32,
+    refusals_since: Instant,
 }
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Refusals logged one by one per 10 s before the log only counts them.
+const REFUSALS_LOGGED_PER_10_S: u32 = 20;
 
 impl Adjuster {
     fn status(&self) -> ClockStatus {
-        ClockStatus { backend: self.backend, frequency_ppm: 0.0, leap: self.leap, steps_left: 0 }
+        ClockStatus {
+            backend: self.backend.kind(),
+            frequency_ppm: self.backend.frequency_ppm(),
+            leap: self.leap,
+            steps_left: self.steps_left,
+            automatic_steps_allowed: now_ns() < self.automatic_steps_until_ns,
+            operator_step_authorised: self.operator_step_authorised,
+        }
     }
 
-    /// Every request is checked field by field before anything else happens.
-    fn check(request: &EngineToAdjuster) -> Result<ClockRequestKind, Violation> {
+    fn refuse(&mut self, from: Role, kind: ClockRequestKind, reason: String, out: &mut Outbox) {
+        if self.refusals_since.elapsed() > Duration::from_secs(10) {
+            if self.refusals_logged > REFUSALS_LOGGED_PER_10_S {
+                warn!("{} more refusals in the last 10 s", self.refusals_logged - REFUSALS_LOGGED_PER_10_S);
+            }
+            self.refusals_logged = 0;
+            self.refusals_since = Instant::now();
+        }
+        self.refusals_logged += 1;
+        if self.refusals_logged <= REFUSALS_LOGGED_PER_10_S {
+            warn!(peer = %from, request = ?kind, "refused: {reason}");
+        }
+        match from {
+            Role::Ntp => out.send(&AdjusterToEngine::Refused { request: kind, reason }),
+            _ => out.send(&AdjusterToControl::Refused { request: kind, reason }),
+        }
+    }
+
+    /// The panic threshold: something this wrong needs a person.
+    fn panic_if_beyond_threshold(&self, what: &str, offset_s: f64) {
+        if offset_s.abs() > limits::PANIC_THRESHOLD_S {
+            error!(
+                "{what} of {offset_s} s is beyond the panic threshold of {} s: exiting, not to be re-spawned",
+                limits::PANIC_THRESHOLD_S
+            );
+            std::process::exit(i32::from(EXIT_DO_NOT_RESPAWN));
+        }
+    }
+
+    fn clock_request(&mut self, request: EngineToAdjuster, out: &mut Outbox) -> Result<(), Violation> {
         let finite = |what: &str, v: f64| {
             if v.is_finite() { Ok(()) } else { Err(Violation(format!("{what} is not a finite number: {v}"))) }
         };
-        match *request {
-            EngineToAdjuster::Slew { offset_s } => finite("slew offset", offset_s).map(|()| ClockRequestKind::Slew),
-            EngineToAdjuster::SetFrequency { ppm } => finite("frequency", ppm).map(|()| ClockRequestKind::SetFrequency),
-            EngineToAdjuster::Step { offset_s } => finite("step offset", offset_s).map(|()| ClockRequestKind::Step),
-            EngineToAdjuster::SetLeap(_) => Ok(ClockRequestKind::SetLeap),
-            EngineToAdjuster::Hello(_) | EngineToAdjuster::ReadStatus => Err(Violation("not a clock change".into())),
+        let now = now_ns();
+        let (kind, change) = match request {
+            EngineToAdjuster::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
+            EngineToAdjuster::ReadStatus => {
+                out.send(&AdjusterToEngine::Status(self.status()));
+                return Ok(());
+            }
+            EngineToAdjuster::SetLeap(leap) => {
+                self.leap = leap;
+                out.send(&AdjusterToEngine::Status(self.status()));
+                return Ok(());
+            }
+            EngineToAdjuster::Slew { offset_s } => {
+                finite("slew offset", offset_s)?;
+                self.panic_if_beyond_threshold("a slew", offset_s);
+                (ClockRequestKind::Slew, Change::Slew { offset_s, rate_ppm: limits::MAX_SLEW_RATE_PPM })
+            }
+            EngineToAdjuster::SetFrequency { ppm } => {
+                finite("frequency", ppm)?;
+                if ppm.abs() > limits::MAX_FREQUENCY_PPM {
+                    let reason =
+                        format!("frequency {ppm} ppm is beyond the policy's {} ppm", limits::MAX_FREQUENCY_PPM);
+                    self.refuse(Role::Ntp, ClockRequestKind::SetFrequency, reason, out);
+                    return Ok(());
+                }
+                (ClockRequestKind::SetFrequency, Change::Frequency { ppm })
+            }
+            EngineToAdjuster::Step { offset_s } => {
+                finite("step offset", offset_s)?;
+                self.panic_if_beyond_threshold("a step", offset_s);
+                let refusal = if self.steps_left == 0 {
+                    Some("the step budget of this boot is used up".to_string())
+                } else if now >= self.automatic_steps_until_ns && !self.operator_step_authorised {
+                    Some("outside the makestep window and not authorised by an operator".to_string())
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    self.refuse(Role::Ntp, ClockRequestKind::Step, reason, out);
+                    return Ok(());
+                }
+                (ClockRequestKind::Step, Change::Step { offset_s })
+            }
+        };
+        match self.backend.apply(change, now) {
+            Ok(()) => {
+                if let Change::Step { offset_s } = change {
+                    self.steps_left -= 1;
+                    self.operator_step_authorised = false;
+                    out.report(ChildToSupervisor::StepTaken);
+                    info!(offset_s, steps_left = self.steps_left, "stepped the clock");
+                }
+                out.send(&AdjusterToEngine::Status(self.status()));
+            }
+            Err(reason) => self.refuse(Role::Ntp, kind, reason, out),
         }
-    }
-
-    fn refusal(&self) -> String {
-        match self.backend {
-            ClockBackendKind::None => "clock backend `none` never adjusts the clock".into(),
-            // The discipline and its policy limits arrive with the time-keeping work;
-            // until then the adjuster refuses rather than moving the clock unchecked.
-            ClockBackendKind::System => "clock changes are not enabled in this build".into(),
-        }
+        Ok(())
     }
 }
 
@@ -61,11 +164,31 @@ impl Service for Adjuster {
 
     fn start(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Result<Self, String> {
         let Settings::Adjust(settings) = settings else { unreachable!("checked by child::run") };
-        if !resources.is_empty() {
-            return Err("the adjuster takes no resources".into());
+        let mut model = None;
+        for (resource, fd) in resources {
+            match resource {
+                Resource::ClockModel { writable: true } => model = Some(fd),
+                other => return Err(format!("the adjuster takes no {other:?}")),
+            }
         }
-        info!(backend = ?settings.backend, "clock backend");
-        Ok(Adjuster { backend: settings.backend, leap: Leap::None })
+        let backend = Backend::open(settings.backend, model, now_ns())?;
+        info!(
+            backend = ?settings.backend,
+            steps_left = settings.steps_left,
+            "clock backend; limits: slew {} ppm, frequency {} ppm, panic {} s",
+            limits::MAX_SLEW_RATE_PPM,
+            limits::MAX_FREQUENCY_PPM,
+            limits::PANIC_THRESHOLD_S
+        );
+        Ok(Adjuster {
+            backend,
+            leap: Leap::None,
+            steps_left: settings.steps_left.min(limits::STEP_BUDGET_PER_BOOT),
+            automatic_steps_until_ns: settings.automatic_steps_until_ns,
+            operator_step_authorised: false,
+            refusals_logged: 0,
+            refusals_since: Instant::now(),
+        })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -79,24 +202,20 @@ impl Service for Adjuster {
 
     fn on_frame(&mut self, peer: Role, frame: &[u8], out: &mut Outbox) -> Result<(), Violation> {
         match peer {
-            Role::Ntp => {
-                let request: EngineToAdjuster = decode_peer(frame)?;
-                if request == EngineToAdjuster::ReadStatus {
-                    out.send(&AdjusterToEngine::Status(self.status()));
-                    return Ok(());
-                }
-                let kind = Self::check(&request)?;
-                warn!(?request, "refused: {}", self.refusal());
-                out.send(&AdjusterToEngine::Refused { request: kind, reason: self.refusal() });
-            }
+            Role::Ntp => self.clock_request(decode_peer(frame)?, out)?,
             Role::Control => match decode_peer::<ControlToAdjuster>(frame)? {
                 ControlToAdjuster::ReadStatus => out.send(&AdjusterToControl::Status(self.status())),
                 ControlToAdjuster::MakeStep => {
-                    warn!("operator makestep refused: {}", self.refusal());
-                    out.send(&AdjusterToControl::Refused {
-                        request: ClockRequestKind::MakeStep,
-                        reason: self.refusal(),
-                    });
+                    if self.steps_left == 0 {
+                        let reason = "the step budget of this boot is used up".to_string();
+                        self.refuse(Role::Control, ClockRequestKind::MakeStep, reason, out);
+                    } else {
+                        // One-shot: the engine's next Step is allowed outside the window.
+                        self.operator_step_authorised = true;
+                        info!("an operator authorised one step");
+                        out.send(&AdjusterToControl::Status(self.status()));
+                        out.send(&AdjusterToEngine::Status(self.status()));
+                    }
                 }
                 ControlToAdjuster::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },

@@ -176,21 +176,36 @@ pub struct ClockConfig {
 
 impl Default for ClockConfig {
     fn default() -> Self {
-        ClockConfig { backend: ClockBackend(ClockBackendKind::System) }
+        ClockConfig { backend: ClockBackend(ClockBackendKind::System, None) }
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(try_from = "String")]
-pub struct ClockBackend(pub ClockBackendKind);
+pub struct ClockBackend(pub ClockBackendKind, pub Option<PathBuf>);
+
+impl ClockBackend {
+    /// The model file of a `simulated:PATH` backend.
+    pub fn model_path(&self) -> Option<&Path> {
+        self.1.as_deref()
+    }
+}
 
 impl TryFrom<String> for ClockBackend {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         match s.as_str() {
-            "none" => Ok(ClockBackend(ClockBackendKind::None)),
-            "system" => Ok(ClockBackend(ClockBackendKind::System)),
-            other => Err(format!("unknown clock backend {other:?}: expected \"system\" or \"none\"")),
+            "none" => Ok(ClockBackend(ClockBackendKind::None, None)),
+            "system" => Ok(ClockBackend(ClockBackendKind::System, None)),
+            other => match other.strip_prefix("simulated:") {
+                Some(path) if Path::new(path).is_absolute() => {
+                    Ok(ClockBackend(ClockBackendKind::Simulated, Some(PathBuf::from(path))))
+                }
+                Some(path) => Err(format!("simulated clock model {path:?} must be an absolute path")),
+                None => Err(format!(
+                    "unknown clock backend {other:?}: expected \"system\", \"none\" or \"simulated:/PATH\""
+                )),
+            },
         }
     }
 }

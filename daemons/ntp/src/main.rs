@@ -21,7 +21,7 @@ use strata_proto::ipc::{
 use tracing::{info, warn};
 
 use crate::server::ServerState;
-use crate::workers::Shared;
+use crate::workers::{Shared, TimeSource};
 
 fn main() -> ExitCode {
     child::run::<Engine>()
@@ -42,9 +42,17 @@ impl Service for Engine {
             Some(stratum) => ServerState::local(stratum),
             None => ServerState::unsynchronised(),
         };
-        let shared = Shared::new(serving, &settings, resources.len())?;
-        for (index, (resource, fd)) in resources.into_iter().enumerate() {
-            let Resource::NtpSocket { local, thread } = resource;
+        let mut sockets = Vec::new();
+        let mut time = TimeSource::System;
+        for (resource, fd) in resources {
+            match resource {
+                Resource::NtpSocket { local, thread } => sockets.push((local, thread, fd)),
+                Resource::ClockModel { writable: false } => time = TimeSource::Simulated(std::fs::File::from(fd)),
+                other => return Err(format!("the engine takes no {other:?}")),
+            }
+        }
+        let shared = Shared::new(serving, &settings, time, sockets.len())?;
+        for (index, (local, thread, fd)) in sockets.into_iter().enumerate() {
             // The kernel's receive time of each request is its T2.
             setsockopt(&fd, sockopt::ReceiveTimestampns, &true).map_err(|e| format!("{local}: SO_TIMESTAMPNS: {e}"))?;
             workers::spawn(index, UdpSocket::from(fd), Arc::clone(&shared))

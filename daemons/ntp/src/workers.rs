@@ -44,6 +44,8 @@ const MAX_REQUEST: usize = 1024;
 pub struct Shared {
     /// What every answer says about our clock; the main thread updates it.
     pub serving: RwLock<ServerState>,
+    /// The clock the answers are stamped from.
+    time: TimeSource,
     /// chrony's allow/deny rules.
     access: AccessList,
     clients: Box<[Mutex<ClientLog>]>,
@@ -70,7 +72,12 @@ struct Counters {
 }
 
 impl Shared {
-    pub fn new(serving: ServerState, settings: &NtpSettings, threads: usize) -> Result<Arc<Shared>, String> {
+    pub fn new(
+        serving: ServerState,
+        settings: &NtpSettings,
+        time: TimeSource,
+        threads: usize,
+    ) -> Result<Arc<Shared>, String> {
         let access = AccessList::parse(&settings.access).map_err(|e| format!("access rules: {e}"))?;
         let limit = settings.ratelimit.map(|r| RateLimit {
             interval_log2: r.interval_log2,
@@ -85,6 +92,7 @@ impl Shared {
             .collect();
         Ok(Arc::new(Shared {
             serving: RwLock::new(serving),
+            time,
             access,
             clients,
             shard_hasher,
@@ -159,13 +167,41 @@ impl Shared {
 }
 
 /// The system clock as an NTP timestamp.
-pub fn now() -> NtpTimestamp {
-    let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
-    NtpTimestamp::from_unix_ns(unix_ns)
+pub fn system_now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn timestamp(ts: &TimeSpec) -> NtpTimestamp {
-    NtpTimestamp::from_unix_ns(ts.tv_sec() * 1_000_000_000 + ts.tv_nsec())
+/// Where the served time comes from (DESIGN.md, "Clocks"): the system clock, or the
+/// simulated clock's model (a file the supervisor opened, read with one `pread`).
+#[derive(Debug)]
+pub enum TimeSource {
+    System,
+    Simulated(std::fs::File),
+}
+
+impl TimeSource {
+    /// The served clock minus the system clock at `system_ns`, seconds.
+    pub fn offset_s(&self, system_ns: i64) -> f64 {
+        let TimeSource::Simulated(file) = self else { return 0.0 };
+        let mut record = [0u8; strata_proto::clock_model::RECORD_LEN];
+        // A torn read (the adjuster writing at that moment) is retried.
+        for _ in 0..8 {
+            if let Ok(n) = std::os::unix::fs::FileExt::read_at(file, &mut record, 0)
+                && let Some((_, model)) = strata_proto::clock_model::ClockModel::decode(&record[..n])
+            {
+                return model.offset_at(system_ns);
+            }
+        }
+        0.0
+    }
+}
+
+fn shifted(system_ns: i64, offset_s: f64) -> NtpTimestamp {
+    NtpTimestamp::from_unix_ns(system_ns + (offset_s * 1e9) as i64)
+}
+
+fn timestamp_ns(ts: &TimeSpec) -> i64 {
+    ts.tv_sec() * 1_000_000_000 + ts.tv_nsec()
 }
 
 /// Start serving thread `index` on `socket`; it waits for [`Shared::release`].
@@ -189,8 +225,8 @@ pub fn spawn(index: usize, socket: UdpSocket, shared: Arc<Shared>) -> std::io::R
 struct Received {
     len: usize,
     client: Option<SockaddrStorage>,
-    /// The kernel's receive time (SO_TIMESTAMPNS).
-    kernel_time: Option<NtpTimestamp>,
+    /// The kernel's receive time (SO_TIMESTAMPNS), system clock, ns.
+    kernel_time: Option<i64>,
     /// Longer than the buffer: not a request we answer.
     truncated: bool,
 }
@@ -244,7 +280,7 @@ impl Worker {
                     for (slot, msg) in self.received.iter_mut().zip(results) {
                         let kernel_time = msg.cmsgs().ok().and_then(|mut c| {
                             c.find_map(|m| match m {
-                                ControlMessageOwned::ScmTimestampns(ts) => Some(timestamp(&ts)),
+                                ControlMessageOwned::ScmTimestampns(ts) => Some(timestamp_ns(&ts)),
                                 _ => None,
                             })
                         });
@@ -272,7 +308,10 @@ impl Worker {
         let counters = &shared.counters[self.index];
         counters.received.fetch_add(count as u64, Ordering::Relaxed);
         let state = self.shared.serving.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let fallback_t2 = now();
+        let system_now = system_now_ns();
+        // One model read per batch: the simulated clock moves by ppm, not per packet.
+        let clock_offset_s = self.shared.time.offset_s(system_now);
+        let fallback_t2 = shifted(system_now, clock_offset_s);
         let now_ns = self.shared.started.elapsed().as_nanos() as u64;
         let mut replies = 0;
         let mut kods = 0;
@@ -293,7 +332,8 @@ impl Worker {
             }
             let reply = &mut self.replies[replies];
             // T3 is stamped over the batch just before sending (below).
-            match server::respond(&self.requests[i][..len], t2.unwrap_or(fallback_t2), fallback_t2, &state, reply) {
+            let t2 = t2.map_or(fallback_t2, |ns| shifted(ns, clock_offset_s));
+            match server::respond(&self.requests[i][..len], t2, fallback_t2, &state, reply) {
                 Ok(_) => {
                     let random = self.next_random();
                     let verdict = self
@@ -326,7 +366,7 @@ impl Worker {
             }
         }
         if replies > 0 {
-            let t3 = now().to_bits().to_be_bytes();
+            let t3 = shifted(system_now_ns(), clock_offset_s).to_bits().to_be_bytes();
             for reply in &mut self.replies[..replies] {
                 reply[40..48].copy_from_slice(&t3);
             }

@@ -81,9 +81,15 @@ pub trait Service: Sized {
 pub struct Outbox {
     from: Role,
     frames: Vec<(Role, Vec<u8>)>,
+    reports: Vec<ChildToSupervisor>,
 }
 
 impl Outbox {
+    /// Queue a report for the supervisor (the adjuster's `StepTaken`).
+    pub fn report(&mut self, msg: ChildToSupervisor) {
+        self.reports.push(msg);
+    }
+
     /// Queue `msg` for its channel's peer. The message type fixes the direction.
     pub fn send<M: PeerMessage>(&mut self, msg: &M) {
         assert_eq!(M::FROM, self.from, "{} may not send {}", self.from, std::any::type_name::<M>());
@@ -249,7 +255,7 @@ enum Exit {
 fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
     let _span = tracing::info_span!("strata", process = S::ROLE.name()).entered();
     let mut peers: Vec<PeerLink> = Vec::new();
-    let mut out = Outbox { from: S::ROLE, frames: Vec::new() };
+    let mut out = Outbox { from: S::ROLE, frames: Vec::new(), reports: Vec::new() };
     let mut buf = vec![0u8; MAX_FRAME];
     let exit = loop {
         // Wait.
@@ -356,6 +362,11 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
         }
 
         // Send what the service queued.
+        for report in out.reports.drain(..) {
+            if let Err(e) = supervisor.send(&report, None) {
+                error!("cannot report {report:?} to the supervisor: {e}");
+            }
+        }
         for (to, frame) in out.frames.drain(..) {
             let Some(i) = peers.iter().position(|p| p.role == to && p.linked) else {
                 debug!(peer = %to, "not linked; message dropped");

@@ -57,6 +57,8 @@ enum StartError {
     UserLookup { name: String, source: nix::Error },
     #[error("binding NTP socket {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("simulated clock model {path}: {source}")]
+    ClockModel { path: PathBuf, source: std::io::Error },
     #[error("runtime directory {dir}: {source}")]
     RuntimeDir { dir: PathBuf, source: std::io::Error },
     #[error("trimming the supervisor's capabilities: {0}")]
@@ -112,6 +114,10 @@ struct Supervisor {
     stopping: bool,
     links: HashMap<u64, LinkEnds>,
     next_link: u64,
+    /// The simulated clock's model file, opened once: read-write for the adjuster,
+    /// read-only for the engine.
+    clock_model: Option<(OwnedFd, OwnedFd)>,
+    steps: StepLedger,
 }
 
 pub fn run(config_path: &Path) -> ExitCode {
@@ -184,6 +190,13 @@ impl Supervisor {
         }
         let dir = &config.supervisor.runtime_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
+        let steps = StepLedger::load(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
+        let clock_model = match config.clock.backend.model_path() {
+            None => None,
+            Some(path) => Some(
+                open_clock_model(path).map_err(|source| StartError::ClockModel { path: path.to_owned(), source })?,
+            ),
+        };
 
         // 4. Trim our own capabilities.
         if !development {
@@ -210,6 +223,8 @@ impl Supervisor {
                 stopping: false,
                 links: HashMap::new(),
                 next_link: 1,
+                clock_model,
+                steps,
             },
             signals,
         ))
@@ -342,7 +357,12 @@ impl Supervisor {
                 })
             }
             Role::Refclock => Settings::Refclock(RefclockSettings {}),
-            Role::Adjust => Settings::Adjust(AdjustSettings { backend: self.config.clock.backend.0 }),
+            Role::Adjust => Settings::Adjust(AdjustSettings {
+                backend: self.config.clock.backend.0,
+                steps_left: strata_policy::clock::STEP_BUDGET_PER_BOOT.saturating_sub(self.steps.used),
+                automatic_steps_until_ns: self.steps.first_start_ns
+                    + (strata_policy::clock::STEP_WINDOW_S * 1e9) as i64,
+            }),
             Role::Control => Settings::Control(ControlSettings {}),
             Role::Supervisor => unreachable!("the supervisor is not a child"),
         }
@@ -400,6 +420,18 @@ impl Supervisor {
                 }
                 self.publish();
             }
+            Ok(Some(ChildToSupervisor::StepTaken)) if role == Role::Adjust => {
+                self.steps.used += 1;
+                warn!(
+                    used = self.steps.used,
+                    budget = strata_policy::clock::STEP_BUDGET_PER_BOOT,
+                    "the clock was stepped"
+                );
+                if let Err(e) = self.steps.save(&self.config.supervisor.runtime_dir) {
+                    error!("cannot record the clock step: {e}");
+                }
+                self.publish();
+            }
             Ok(Some(other)) => {
                 warn!(process = %role, "unexpected {other:?} on the supervisor channel; killing it");
                 self.kill_instance(i);
@@ -429,6 +461,16 @@ impl Supervisor {
         if slot.role == Role::Ntp {
             for (resource, fd) in &self.resources {
                 channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
+            }
+        }
+        if let Some((read_write, read_only)) = &self.clock_model {
+            let (writable, fd) = match slot.role {
+                Role::Adjust => (true, Some(read_write)),
+                Role::Ntp => (false, Some(read_only)),
+                _ => (false, None),
+            };
+            if let Some(fd) = fd {
+                channel.send(&SupervisorToChild::Resource(Resource::ClockModel { writable }), Some(fd.as_fd()))?;
             }
         }
         channel.send(&SupervisorToChild::Sealed, None)
@@ -616,11 +658,67 @@ impl Supervisor {
             state: if self.stopping { "stopping" } else { "running" }.into(),
             processes,
             alarms: self.alarms.clone(),
+            clock_steps_used: self.steps.used,
+            clock_step_budget: strata_policy::clock::STEP_BUDGET_PER_BOOT,
         };
         if let Err(e) = status::write(&self.config.supervisor.runtime_dir, &status) {
             warn!("cannot write the status file in {}: {e}", self.config.supervisor.runtime_dir.display());
         }
     }
+}
+
+/// The clock steps of this boot, kept in the runtime directory so that neither a
+/// re-spawned adjuster nor a restarted appliance gets its budget back. The boot id
+/// tells a new boot (whose budget is fresh) from a restart.
+struct StepLedger {
+    boot_id: String,
+    /// When the appliance first started in this boot (system time, ns).
+    first_start_ns: i64,
+    used: u32,
+}
+
+const STEP_LEDGER: &str = "clock-steps";
+
+impl StepLedger {
+    fn load(dir: &Path) -> std::io::Result<StepLedger> {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_string();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let saved = std::fs::read_to_string(dir.join(STEP_LEDGER)).unwrap_or_default();
+        let mut words = saved.split_whitespace();
+        let ledger = match (
+            words.next(),
+            words.next().and_then(|w| w.parse().ok()),
+            words.next().and_then(|w| w.parse().ok()),
+        ) {
+            (Some(id), Some(first_start_ns), Some(used)) if id == boot_id => {
+                StepLedger { boot_id, first_start_ns, used }
+            }
+            _ => StepLedger { boot_id, first_start_ns: now, used: 0 },
+        };
+        ledger.save(dir)?;
+        Ok(ledger)
+    }
+
+    /// Write, fsync, rename: a crash leaves the old ledger or the new one.
+    fn save(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = dir.join(format!(".{STEP_LEDGER}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{} {} {}", self.boot_id, self.first_start_ns, self.used)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(STEP_LEDGER))
+    }
+}
+
+/// The model file of the simulated clock: created empty if missing (the adjuster
+/// then starts it equal to the system clock); one read-write and one read-only
+/// descriptor.
+fn open_clock_model(path: &Path) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_write =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path)?;
+    let read_only = std::fs::File::open(path)?;
+    Ok((read_write.into(), read_only.into()))
 }
 
 /// A UDP socket for serving NTP: close-on-exec, SO_REUSEPORT, IPv6 sockets

@@ -11,6 +11,9 @@
 //! - durations and error bounds are seconds as `f64`, named `*_s`; frequencies are ppm.
 #![forbid(unsafe_code)]
 
+pub mod filter;
+pub mod selection;
+
 /// A reading of the local (disciplined) clock: ns since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LocalTime(pub i64);

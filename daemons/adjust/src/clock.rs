@@ -1,0 +1,170 @@
+//! The clock backends the adjuster drives (DESIGN.md, "Clocks"):
+//! - `none`: measure and serve, never adjust (like `chronyd -x`): every change refused;
+//! - `simulated`: the model file of `strata_proto::clock_model`, handed over by the
+//!   supervisor; a change rewrites the model, every process reads time from it;
+//! - `system`: CLOCK_REALTIME. Not enabled in this build: changes are refused until
+//!   the clock_adjtime path is in place and tested (tests never move the real clock).
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+
+use strata_proto::clock_model::{ClockModel, RECORD_LEN};
+use strata_proto::ipc::ClockBackendKind;
+
+/// A change the policy has already allowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Change {
+    /// Correct `offset_s` gradually at `rate_ppm`, replacing any slew in progress.
+    Slew { offset_s: f64, rate_ppm: f64 },
+    /// Set the frequency correction.
+    Frequency { ppm: f64 },
+    /// Move the clock by `offset_s` at once; a slew in progress is cancelled.
+    Step { offset_s: f64 },
+}
+
+pub enum Backend {
+    None,
+    System,
+    Simulated(SimulatedClock),
+}
+
+pub struct SimulatedClock {
+    file: File,
+    model: ClockModel,
+    sequence: u64,
+}
+
+impl Backend {
+    pub fn open(kind: ClockBackendKind, model: Option<OwnedFd>, now_ns: i64) -> Result<Backend, String> {
+        match (kind, model) {
+            (ClockBackendKind::None, None) => Ok(Backend::None),
+            (ClockBackendKind::System, None) => Ok(Backend::System),
+            (ClockBackendKind::Simulated, Some(fd)) => {
+                SimulatedClock::open(File::from(fd), now_ns).map(Backend::Simulated)
+            }
+            (ClockBackendKind::Simulated, None) => Err("the simulated backend needs its model file".into()),
+            (kind, Some(_)) => Err(format!("a clock model file came with backend {kind:?}")),
+        }
+    }
+
+    pub fn kind(&self) -> ClockBackendKind {
+        match self {
+            Backend::None => ClockBackendKind::None,
+            Backend::System => ClockBackendKind::System,
+            Backend::Simulated(_) => ClockBackendKind::Simulated,
+        }
+    }
+
+    pub fn frequency_ppm(&self) -> f64 {
+        match self {
+            Backend::Simulated(c) => c.model.correction_ppm,
+            _ => 0.0,
+        }
+    }
+
+    pub fn apply(&mut self, change: Change, now_ns: i64) -> Result<(), String> {
+        match self {
+            Backend::None => Err("clock backend `none` never adjusts the clock".into()),
+            Backend::System => Err("the system clock backend is not enabled in this build".into()),
+            Backend::Simulated(clock) => clock.apply(change, now_ns),
+        }
+    }
+}
+
+impl SimulatedClock {
+    fn open(file: File, now_ns: i64) -> Result<SimulatedClock, String> {
+        let mut record = [0u8; RECORD_LEN];
+        let (sequence, model) = match file.read_at(&mut record, 0) {
+            Ok(RECORD_LEN) => ClockModel::decode(&record).ok_or("the clock model file is not a valid model")?,
+            // A new, empty file: the simulated clock starts equal to the system clock.
+            Ok(0) => (0, ClockModel { reference_ns: now_ns, slew_end_ns: now_ns, ..ClockModel::default() }),
+            Ok(n) => return Err(format!("the clock model file has {n} bytes, not {RECORD_LEN}")),
+            Err(e) => return Err(format!("reading the clock model: {e}")),
+        };
+        let mut clock = SimulatedClock { file, model, sequence };
+        clock.write()?;
+        Ok(clock)
+    }
+
+    fn write(&mut self) -> Result<(), String> {
+        self.sequence += 1;
+        self.file
+            .write_all_at(&self.model.encode(self.sequence), 0)
+            .map_err(|e| format!("writing the clock model: {e}"))
+    }
+
+    fn apply(&mut self, change: Change, now_ns: i64) -> Result<(), String> {
+        let mut model = self.model.rebased(now_ns);
+        match change {
+            Change::Slew { offset_s, rate_ppm } => {
+                // Positive offset: the clock is behind, so it must gain.
+                model.slew_ppm = rate_ppm.copysign(offset_s);
+                model.slew_end_ns = now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9) as i64;
+            }
+            Change::Frequency { ppm } => model.correction_ppm = ppm,
+            Change::Step { offset_s } => {
+                model.offset_s += offset_s;
+                model.slew_ppm = 0.0;
+                model.slew_end_ns = now_ns;
+            }
+        }
+        self.model = model;
+        self.write()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(model: ClockModel) -> SimulatedClock {
+        let file = tempfile();
+        file.write_all_at(&model.encode(1), 0).unwrap();
+        SimulatedClock::open(file, model.reference_ns).unwrap()
+    }
+
+    fn tempfile() -> File {
+        let path =
+            std::env::temp_dir().join(format!("strata-model-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let f = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_slew_corrects_exactly_the_offset_at_the_given_rate_then_stops() {
+        let mut c = clock(ClockModel::default());
+        c.apply(Change::Slew { offset_s: 0.001, rate_ppm: 500.0 }, 0).unwrap();
+        // 1 ms at 500 ppm takes 2 s.
+        assert!((c.model.offset_at(1_000_000_000) - 0.0005).abs() < 1e-9);
+        assert!((c.model.offset_at(2_000_000_000) - 0.001).abs() < 1e-9);
+        assert!((c.model.offset_at(10_000_000_000) - 0.001).abs() < 1e-9);
+        let mut back = clock(ClockModel::default());
+        back.apply(Change::Slew { offset_s: -0.001, rate_ppm: 500.0 }, 0).unwrap();
+        assert!((back.model.offset_at(5_000_000_000) + 0.001).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_step_moves_the_clock_and_cancels_a_slew_and_the_file_follows() {
+        let mut c = clock(ClockModel { offset_s: 0.5, frequency_ppm: 30.0, ..ClockModel::default() });
+        c.apply(Change::Slew { offset_s: 1.0, rate_ppm: 500.0 }, 0).unwrap();
+        c.apply(Change::Step { offset_s: -0.5 }, 1_000_000_000).unwrap();
+        let at = |t: i64| c.model.offset_at(t);
+        // At 1 s: 0.5 + 30 µs + 500 µs slewed, then −0.5: 530 µs. No more slewing.
+        assert!((at(1_000_000_000) - 530e-6).abs() < 1e-9);
+        assert!((at(2_000_000_000) - 560e-6).abs() < 1e-9);
+        let mut record = [0u8; RECORD_LEN];
+        c.file.read_at(&mut record, 0).unwrap();
+        assert_eq!(ClockModel::decode(&record).unwrap().1, c.model);
+    }
+
+    #[test]
+    fn none_and_system_never_change_anything() {
+        for kind in [ClockBackendKind::None, ClockBackendKind::System] {
+            let mut b = Backend::open(kind, None, 0).unwrap();
+            assert!(b.apply(Change::Step { offset_s: 1.0 }, 0).is_err());
+            assert!(b.apply(Change::Frequency { ppm: 1.0 }, 0).is_err());
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! The per-source clock filter (RFC 5905 §10, "Clock Filter Algorithm").
+//!
+//! Algorithm: the RFC 5905 shift register, not chrony's `sourcestats` regression.
+//! The filter keeps the last [`FilterConfig::length`] samples of one source (RFC
+//! NSTAGE = 8). Its estimate is the sample with the least round-trip delay among them
+//! (the one least disturbed by queueing, so its offset is most trustworthy), with
+//! - dispersion = Σ εᵢ / 2^(i+1) over the samples sorted by delay, each εᵢ grown at
+//!   [`MAX_DRIFT_PPM`] since it was taken, and empty slots counting as MAXDISP (16 s)
+//!   — so a fresh source looks poor until the register fills (RFC A.5.2
+//!   `clock_filter`; it plays the role of chrony's "3 samples before selectable");
+//! - jitter = RMS of the offset differences to the best sample (RFC §10 ψ);
+//! - root delay, root dispersion, stratum and leap from the newest sample (the RFC's
+//!   peer variables come from the latest packet).
+//!
+//! Additions from chrony: `maxdelay` (samples with a larger delay are rejected), and
+//! a popcorn-spike suppressor (RFC A.5.2, SGATE): a sample whose offset jumps by more
+//! than `spike_gate` × jitter from the current estimate is held back, unless it is the
+//! `max_held_spikes + 1`-th such sample in a row (a real step must get through).
+//! No frequency/skew estimate per source: that needs chrony's regression, which this
+//! filter does not implement.
+//!
+//! "Use a sample only once" (RFC A.5.2's prime directive) is left to the caller: an
+//! estimate's [`SourceEstimate::time`] is the time of the sample it is based on, so the
+//! engine feeds the discipline only when that time advances.
+
+use std::collections::VecDeque;
+
+use crate::{Leap, LocalTime, MAX_DRIFT_PPM, Sample};
+
+/// Dispersion of an empty filter slot (RFC 5905 MAXDISP), seconds.
+pub const MAX_DISPERSION_S: f64 = 16.0;
+
+/// RFC 5905 NSTAGE: the filter length chrony/ntpd use for NTP sources.
+pub const DEFAULT_FILTER_LENGTH: usize = 8;
+
+/// Configuration of one source's filter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FilterConfig {
+    /// Number of samples kept (RFC 5905 NSTAGE, 8). At least 1.
+    pub length: usize,
+    /// chrony `maxdelay`: samples with a larger round-trip delay are rejected (default 3 s).
+    pub max_delay_s: f64,
+    /// Popcorn-spike gate in units of jitter (RFC 5905 SGATE, 3); `None` disables it.
+    pub spike_gate: Option<f64>,
+    /// How many spikes in a row are held back before the next one is believed.
+    pub max_held_spikes: u32,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig { length: DEFAULT_FILTER_LENGTH, max_delay_s: 3.0, spike_gate: Some(3.0), max_held_spikes: 2 }
+    }
+}
+
+/// What the filter did with a sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// Stored in the register.
+    Accepted,
+    /// Dropped; the register is unchanged.
+    Rejected(RejectReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A NaN or infinite field.
+    NotFinite,
+    /// Delay above chrony's `maxdelay`.
+    DelayTooLarge,
+    /// Not newer than the newest stored sample (duplicate or reordered).
+    NotNewer,
+    /// Popcorn spike (RFC 5905 A.5.2): too far from the current estimate, held back.
+    Spike,
+}
+
+/// A source's filtered state: what selection (RFC 5905 §11.2) works on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceEstimate {
+    /// Time of the sample the offset and delay come from (RFC p.t).
+    pub time: LocalTime,
+    /// Source minus local clock, seconds (RFC θ).
+    pub offset_s: f64,
+    /// Round-trip delay to the source, seconds (RFC δ).
+    pub delay_s: f64,
+    /// Filter dispersion (RFC ε) at the newest sample in the filter, seconds.
+    pub dispersion_s: f64,
+    /// RMS of offset differences in the filter (RFC ψ), seconds.
+    pub jitter_s: f64,
+    /// The source's own root delay and dispersion to its reference, seconds.
+    pub root_delay_s: f64,
+    pub root_dispersion_s: f64,
+    pub stratum: u8,
+    pub leap: Leap,
+}
+
+impl SourceEstimate {
+    /// Dispersion grown at [`MAX_DRIFT_PPM`] from `time` to `now` (never shrinks).
+    pub fn dispersion_at_s(&self, now: LocalTime) -> f64 {
+        self.dispersion_s + MAX_DRIFT_PPM * 1e-6 * now.seconds_since(self.time).max(0.0)
+    }
+
+    /// Root synchronisation distance (RFC 5905 §11.2, A.5.5.2 `root_dist`):
+    /// (root delay + delay)/2 + root dispersion + dispersion + PHI·(now − time) + jitter.
+    /// Unlike the RFC there is no MINDISP floor on the delay term: a refclock has a
+    /// true zero delay and a stratum-1 server must not pretend to be 5 ms worse.
+    pub fn root_distance_s(&self, now: LocalTime) -> f64 {
+        (self.root_delay_s + self.delay_s) / 2.0 + self.root_dispersion_s + self.dispersion_at_s(now) + self.jitter_s
+    }
+
+    /// Correctness interval (RFC 5905 §11.2.1; chrony's lo/hi limits): offset ± root
+    /// distance. The true offset is assumed to lie in it.
+    pub fn interval(&self, now: LocalTime) -> (f64, f64) {
+        let distance_s = self.root_distance_s(now);
+        (self.offset_s - distance_s, self.offset_s + distance_s)
+    }
+}
+
+/// The per-source clock filter; see the module docs.
+#[derive(Clone, Debug)]
+pub struct ClockFilter {
+    config: FilterConfig,
+    /// Oldest first; times strictly increasing.
+    samples: VecDeque<Sample>,
+    held_spikes: u32,
+}
+
+impl ClockFilter {
+    pub fn new(config: FilterConfig) -> Self {
+        let length = config.length.max(1);
+        ClockFilter {
+            config: FilterConfig { length, ..config },
+            samples: VecDeque::with_capacity(length),
+            held_spikes: 0,
+        }
+    }
+
+    pub fn config(&self) -> &FilterConfig {
+        &self.config
+    }
+
+    /// The stored samples, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.samples.iter()
+    }
+
+    /// Forget everything (e.g. the source was replaced or reset).
+    pub fn clear(&mut self) {
+        self.samples.clear();
+        self.held_spikes = 0;
+    }
+
+    /// The local clock was stepped by `step_s` (forward if positive): keep the stored
+    /// samples meaningful instead of discarding them (chrony does the same with its
+    /// sourcestats on a step). Offsets are source − local, so they shrink by the step;
+    /// local readings taken before the step are moved onto the new timescale.
+    pub fn apply_step(&mut self, step_s: f64) {
+        for sample in &mut self.samples {
+            sample.offset_s -= step_s;
+            sample.time = sample.time.add_seconds(step_s);
+        }
+    }
+
+    /// Offer a new sample to the filter.
+    pub fn add(&mut self, sample: Sample) -> AddOutcome {
+        let fields =
+            [sample.offset_s, sample.delay_s, sample.dispersion_s, sample.root_delay_s, sample.root_dispersion_s];
+        if fields.iter().any(|value| !value.is_finite()) {
+            return AddOutcome::Rejected(RejectReason::NotFinite);
+        }
+        if sample.delay_s > self.config.max_delay_s {
+            return AddOutcome::Rejected(RejectReason::DelayTooLarge);
+        }
+        if self.samples.back().is_some_and(|newest| sample.time <= newest.time) {
+            return AddOutcome::Rejected(RejectReason::NotNewer);
+        }
+        // Several "spikes" in a row are not popcorn but a real change: after
+        // `max_held_spikes` of them the next one is believed.
+        if self.is_spike(&sample) && self.held_spikes < self.config.max_held_spikes {
+            self.held_spikes += 1;
+            return AddOutcome::Rejected(RejectReason::Spike);
+        }
+        self.held_spikes = 0;
+        // A negative delay is a measurement artefact of clock error between the
+        // timestamps; RFC 5905 A.5.1 clamps it (to the precision; here to zero).
+        let sample = Sample { delay_s: sample.delay_s.max(0.0), dispersion_s: sample.dispersion_s.max(0.0), ..sample };
+        if self.samples.len() == self.config.length {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+        AddOutcome::Accepted
+    }
+
+    /// RFC 5905 A.5.2 popcorn spike suppressor: compare against the current estimate.
+    /// The gate is at least the sample's own error bound, so a source whose samples
+    /// happen to be identical (jitter 0) does not see every change as a spike.
+    fn is_spike(&self, sample: &Sample) -> bool {
+        let Some(gate) = self.config.spike_gate else { return false };
+        if self.samples.len() < 2 {
+            return false; // no jitter to compare against yet
+        }
+        let Some(current) = self.estimate(sample.time) else { return false };
+        let threshold_s = gate * current.jitter_s.max(sample.dispersion_s);
+        (sample.offset_s - current.offset_s).abs() > threshold_s
+    }
+
+    /// The filter's estimate from the samples taken at or before `now`, or `None` if
+    /// there are none.
+    pub fn estimate(&self, now: LocalTime) -> Option<SourceEstimate> {
+        let mut usable: Vec<&Sample> = self.samples.iter().filter(|sample| sample.time <= now).collect();
+        let newest = **usable.last()?;
+        // Least delay first; among equal delays the newest (for a refclock, delay 0,
+        // the filter thus follows the latest sample).
+        usable.sort_by(|a, b| a.delay_s.total_cmp(&b.delay_s).then(b.time.cmp(&a.time)));
+        let best = *usable[0];
+
+        let phi = MAX_DRIFT_PPM * 1e-6;
+        let grown = usable.iter().map(|sample| sample.dispersion_s + phi * newest.time.seconds_since(sample.time));
+        let empty_slots = std::iter::repeat_n(MAX_DISPERSION_S, self.config.length - usable.len());
+        let mut weight = 0.5;
+        let mut dispersion_s = 0.0;
+        for epsilon_s in grown.chain(empty_slots) {
+            dispersion_s += epsilon_s * weight;
+            weight /= 2.0;
+        }
+
+        let jitter_s = if usable.len() > 1 {
+            let sum_sq: f64 = usable[1..].iter().map(|sample| (sample.offset_s - best.offset_s).powi(2)).sum();
+            (sum_sq / (usable.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+
+        Some(SourceEstimate {
+            time: best.time,
+            offset_s: best.offset_s,
+            delay_s: best.delay_s,
+            dispersion_s,
+            jitter_s,
+            root_delay_s: newest.root_delay_s,
+            root_dispersion_s: newest.root_dispersion_s,
+            stratum: newest.stratum,
+            leap: newest.leap,
+        })
+    }
+}
+
+impl Default for ClockFilter {
+    fn default() -> Self {
+        ClockFilter::new(FilterConfig::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECOND_NS: i64 = 1_000_000_000;
+
+    fn at(seconds: i64) -> LocalTime {
+        LocalTime(1_700_000_000 * SECOND_NS + seconds * SECOND_NS)
+    }
+
+    fn sample(seconds: i64, offset_s: f64, delay_s: f64) -> Sample {
+        Sample {
+            time: at(seconds),
+            offset_s,
+            delay_s,
+            dispersion_s: 1e-6,
+            root_delay_s: 0.0,
+            root_dispersion_s: 0.0,
+            stratum: 1,
+            leap: Leap::None,
+        }
+    }
+
+    fn no_spikes() -> FilterConfig {
+        FilterConfig { spike_gate: None, ..FilterConfig::default() }
+    }
+
+    #[test]
+    fn empty_filter_has_no_estimate() {
+        assert_eq!(ClockFilter::default().estimate(at(0)), None);
+    }
+
+    #[test]
+    fn least_delay_sample_wins() {
+        let mut filter = ClockFilter::new(no_spikes());
+        for (i, (offset_s, delay_s)) in [(0.010, 0.050), (0.002, 0.010), (0.007, 0.030)].into_iter().enumerate() {
+            assert_eq!(filter.add(sample(i as i64 * 64, offset_s, delay_s)), AddOutcome::Accepted);
+        }
+        let estimate = filter.estimate(at(200)).unwrap();
+        assert_eq!(estimate.offset_s, 0.002);
+        assert_eq!(estimate.delay_s, 0.010);
+        assert_eq!(estimate.time, at(64));
+    }
+
+    #[test]
+    fn equal_delays_follow_the_newest_sample() {
+        let mut filter = ClockFilter::new(no_spikes());
+        filter.add(sample(0, 1e-6, 0.0));
+        filter.add(sample(16, 2e-6, 0.0));
+        assert_eq!(filter.estimate(at(16)).unwrap().offset_s, 2e-6);
+    }
+
+    #[test]
+    fn keeps_only_the_last_n_samples() {
+        let mut filter = ClockFilter::new(FilterConfig { length: 3, ..no_spikes() });
+        // The least-delay sample ages out of the register.
+        filter.add(sample(0, 0.5, 0.001));
+        for i in 1..=3 {
+            filter.add(sample(i, 0.1, 0.02));
+        }
+        assert_eq!(filter.samples().count(), 3);
+        let estimate = filter.estimate(at(3)).unwrap();
+        assert_eq!(estimate.offset_s, 0.1);
+        assert_eq!(estimate.delay_s, 0.02);
+    }
+
+    #[test]
+    fn dispersion_is_weighted_sum_with_empty_slots_at_maxdisp() {
+        let mut filter = ClockFilter::new(FilterConfig { length: 4, ..no_spikes() });
+        filter.add(Sample { dispersion_s: 0.001, ..sample(0, 0.0, 0.01) });
+        let estimate = filter.estimate(at(0)).unwrap();
+        let expected = 0.001 / 2.0 + MAX_DISPERSION_S * (1.0 / 4.0 + 1.0 / 8.0 + 1.0 / 16.0);
+        assert!((estimate.dispersion_s - expected).abs() < 1e-12, "{}", estimate.dispersion_s);
+
+        // Second sample, 100 s later, with larger delay: the first one (sorted first)
+        // has grown by PHI·100 s.
+        filter.add(Sample { dispersion_s: 0.002, ..sample(100, 0.0, 0.02) });
+        let estimate = filter.estimate(at(100)).unwrap();
+        let first = 0.001 + 15e-6 * 100.0;
+        let expected = first / 2.0 + 0.002 / 4.0 + MAX_DISPERSION_S * (1.0 / 8.0 + 1.0 / 16.0);
+        assert!((estimate.dispersion_s - expected).abs() < 1e-12, "{}", estimate.dispersion_s);
+    }
+
+    #[test]
+    fn dispersion_falls_as_the_register_fills() {
+        let mut filter = ClockFilter::new(no_spikes());
+        let mut previous = f64::INFINITY;
+        for i in 0..8 {
+            filter.add(sample(i, 0.0, 0.01));
+            let dispersion_s = filter.estimate(at(i)).unwrap().dispersion_s;
+            assert!(dispersion_s < previous);
+            previous = dispersion_s;
+        }
+        assert!(previous < 0.01, "a full register of fresh samples is tight: {previous}");
+    }
+
+    #[test]
+    fn jitter_is_rms_of_offset_differences_to_the_best() {
+        let mut filter = ClockFilter::new(no_spikes());
+        filter.add(sample(0, 0.000, 0.010)); // best
+        filter.add(sample(1, 0.003, 0.020));
+        filter.add(sample(2, -0.004, 0.030));
+        let estimate = filter.estimate(at(2)).unwrap();
+        let expected = ((0.003f64.powi(2) + 0.004f64.powi(2)) / 2.0).sqrt();
+        assert!((estimate.jitter_s - expected).abs() < 1e-15);
+    }
+
+    #[test]
+    fn single_sample_has_zero_jitter() {
+        let mut filter = ClockFilter::default();
+        filter.add(sample(0, 0.1, 0.01));
+        assert_eq!(filter.estimate(at(0)).unwrap().jitter_s, 0.0);
+    }
+
+    #[test]
+    fn root_values_stratum_and_leap_come_from_the_newest_sample() {
+        let mut filter = ClockFilter::new(no_spikes());
+        filter.add(Sample { root_delay_s: 0.1, root_dispersion_s: 0.2, stratum: 2, ..sample(0, 0.0, 0.001) });
+        filter.add(Sample {
+            root_delay_s: 0.3,
+            root_dispersion_s: 0.4,
+            stratum: 3,
+            leap: Leap::InsertSecond,
+            ..sample(1, 0.0, 0.5)
+        });
+        let estimate = filter.estimate(at(1)).unwrap();
+        assert_eq!(estimate.delay_s, 0.001); // offset/delay still from the best sample
+        assert_eq!((estimate.root_delay_s, estimate.root_dispersion_s), (0.3, 0.4));
+        assert_eq!((estimate.stratum, estimate.leap), (3, Leap::InsertSecond));
+    }
+
+    #[test]
+    fn estimate_ignores_samples_after_now() {
+        let mut filter = ClockFilter::new(no_spikes());
+        filter.add(sample(0, 0.1, 0.02));
+        filter.add(sample(10, 0.2, 0.01));
+        assert_eq!(filter.estimate(at(5)).unwrap().offset_s, 0.1);
+        assert_eq!(filter.estimate(at(10)).unwrap().offset_s, 0.2);
+        assert_eq!(filter.estimate(at(-1)), None);
+    }
+
+    #[test]
+    fn maxdelay_rejects() {
+        let mut filter = ClockFilter::new(FilterConfig { max_delay_s: 0.1, ..no_spikes() });
+        assert_eq!(filter.add(sample(0, 0.0, 0.2)), AddOutcome::Rejected(RejectReason::DelayTooLarge));
+        assert_eq!(filter.add(sample(1, 0.0, 0.1)), AddOutcome::Accepted);
+        assert_eq!(filter.samples().count(), 1);
+    }
+
+    #[test]
+    fn rejects_non_finite_and_reordered_samples() {
+        let mut filter = ClockFilter::default();
+        assert_eq!(filter.add(sample(0, f64::NAN, 0.0)), AddOutcome::Rejected(RejectReason::NotFinite));
+        assert_eq!(filter.add(sample(0, 0.0, f64::INFINITY)), AddOutcome::Rejected(RejectReason::NotFinite));
+        assert_eq!(filter.add(sample(5, 0.0, 0.01)), AddOutcome::Accepted);
+        assert_eq!(filter.add(sample(5, 0.0, 0.01)), AddOutcome::Rejected(RejectReason::NotNewer));
+        assert_eq!(filter.add(sample(4, 0.0, 0.01)), AddOutcome::Rejected(RejectReason::NotNewer));
+    }
+
+    #[test]
+    fn negative_delay_is_clamped_to_zero() {
+        let mut filter = ClockFilter::default();
+        filter.add(sample(0, 0.0, -0.001));
+        assert_eq!(filter.estimate(at(0)).unwrap().delay_s, 0.0);
+    }
+
+    fn noisy_filter() -> ClockFilter {
+        let mut filter = ClockFilter::default();
+        for (i, offset_s) in [0.001, -0.001, 0.0005, -0.0005].into_iter().enumerate() {
+            assert_eq!(filter.add(sample(i as i64, offset_s, 0.01)), AddOutcome::Accepted);
+        }
+        filter
+    }
+
+    #[test]
+    fn popcorn_spike_is_held_back() {
+        let mut filter = noisy_filter();
+        assert_eq!(filter.add(sample(10, 0.2, 0.01)), AddOutcome::Rejected(RejectReason::Spike));
+        // Normal samples keep flowing and reset the spike count.
+        assert_eq!(filter.add(sample(11, 0.0008, 0.01)), AddOutcome::Accepted);
+        assert_eq!(filter.add(sample(12, 0.2, 0.01)), AddOutcome::Rejected(RejectReason::Spike));
+        assert!(filter.estimate(at(12)).unwrap().offset_s.abs() < 0.002);
+    }
+
+    #[test]
+    fn persistent_step_gets_through_after_max_held_spikes() {
+        let mut filter = noisy_filter();
+        assert_eq!(filter.add(sample(10, 0.2, 0.01)), AddOutcome::Rejected(RejectReason::Spike));
+        assert_eq!(filter.add(sample(11, 0.2, 0.01)), AddOutcome::Rejected(RejectReason::Spike));
+        assert_eq!(filter.add(sample(12, 0.2, 0.01)), AddOutcome::Accepted);
+        // With the step in the register the jitter is large, so the new level is no
+        // longer a spike and the filter converges on it.
+        for i in 13..20 {
+            assert_eq!(filter.add(sample(i, 0.2, 0.01)), AddOutcome::Accepted, "sample {i}");
+        }
+        assert_eq!(filter.estimate(at(20)).unwrap().offset_s, 0.2);
+    }
+
+    #[test]
+    fn identical_samples_do_not_make_every_change_a_spike() {
+        let mut filter = ClockFilter::default();
+        for i in 0..4 {
+            filter.add(Sample { dispersion_s: 1e-3, ..sample(i, 0.0, 0.0) });
+        }
+        // Jitter is 0, but a change within the sample's own error bound is plausible.
+        assert_eq!(filter.add(Sample { dispersion_s: 1e-3, ..sample(4, 2e-3, 0.0) }), AddOutcome::Accepted);
+    }
+
+    #[test]
+    fn apply_step_moves_offsets_and_times() {
+        let mut filter = ClockFilter::new(no_spikes());
+        filter.add(sample(0, 1.5, 0.01));
+        filter.apply_step(1.5);
+        let estimate = filter.estimate(at(2)).unwrap();
+        assert_eq!(estimate.offset_s, 0.0);
+        assert_eq!(estimate.time, at(0).add_seconds(1.5));
+    }
+
+    #[test]
+    fn clear_forgets() {
+        let mut filter = noisy_filter();
+        filter.clear();
+        assert_eq!(filter.estimate(at(100)), None);
+    }
+
+    #[test]
+    fn root_distance_follows_rfc_definition() {
+        let estimate = SourceEstimate {
+            time: at(0),
+            offset_s: 0.01,
+            delay_s: 0.02,
+            dispersion_s: 0.003,
+            jitter_s: 0.004,
+            root_delay_s: 0.1,
+            root_dispersion_s: 0.05,
+            stratum: 2,
+            leap: Leap::None,
+        };
+        let at_time = (0.1 + 0.02) / 2.0 + 0.05 + 0.003 + 0.004;
+        assert!((estimate.root_distance_s(at(0)) - at_time).abs() < 1e-12);
+        // Grows at 15 ppm: 1000 s later, 15 ms more.
+        assert!((estimate.root_distance_s(at(1000)) - (at_time + 0.015)).abs() < 1e-12);
+        // Never shrinks for a `now` before the sample.
+        assert_eq!(estimate.root_distance_s(at(-10)), estimate.root_distance_s(at(0)));
+        let (lo, hi) = estimate.interval(at(0));
+        assert!((lo - (0.01 - at_time)).abs() < 1e-12 && (hi - (0.01 + at_time)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn refclock_samples_work_with_zero_delay() {
+        let mut filter = ClockFilter::default();
+        for i in 0..8 {
+            let offset_s = if i % 2 == 0 { 1e-6 } else { -1e-6 };
+            assert_eq!(filter.add(Sample { stratum: 0, ..sample(i, offset_s, 0.0) }), AddOutcome::Accepted);
+        }
+        let estimate = filter.estimate(at(7)).unwrap();
+        assert_eq!(estimate.offset_s, -1e-6);
+        assert!(estimate.root_distance_s(at(7)) < 1e-4);
+    }
+
+    proptest! {
+        #[test]
+        fn estimate_is_the_least_delay_stored_sample(
+            points in proptest::collection::vec((-1.0f64..1.0, 0.0f64..0.5), 1..20),
+            length in 1usize..10,
+        ) {
+            let mut filter = ClockFilter::new(FilterConfig { length, ..no_spikes() });
+            for (i, &(offset_s, delay_s)) in points.iter().enumerate() {
+                prop_assert_eq!(filter.add(sample(i as i64, offset_s, delay_s)), AddOutcome::Accepted);
+            }
+            prop_assert!(filter.samples().count() <= length);
+            let estimate = filter.estimate(at(points.len() as i64)).unwrap();
+            let min_delay = filter.samples().map(|s| s.delay_s).fold(f64::INFINITY, f64::min);
+            prop_assert_eq!(estimate.delay_s, min_delay);
+            prop_assert!(filter.samples().any(|s| s.offset_s == estimate.offset_s && s.time == estimate.time));
+            prop_assert!(estimate.jitter_s >= 0.0 && estimate.dispersion_s > 0.0);
+            // Jitter is an RMS of differences: bounded by the largest difference.
+            let max_diff = filter.samples().map(|s| (s.offset_s - estimate.offset_s).abs()).fold(0.0, f64::max);
+            prop_assert!(estimate.jitter_s <= max_diff + 1e-12);
+        }
+
+        #[test]
+        fn root_distance_grows_with_time(offset_s in -1.0f64..1.0, delay_s in 0.0f64..1.0, later_s in 0i64..100_000) {
+            let mut filter = ClockFilter::default();
+            filter.add(sample(0, offset_s, delay_s));
+            let estimate = filter.estimate(at(0)).unwrap();
+            let (lo, hi) = estimate.interval(at(later_s));
+            prop_assert!(estimate.root_distance_s(at(later_s)) >= estimate.root_distance_s(at(0)));
+            prop_assert!(lo <= offset_s && offset_s <= hi);
+        }
+    }
+}
