@@ -11,6 +11,7 @@
 //! - durations and error bounds are seconds as `f64`, named `*_s`; frequencies are ppm.
 #![forbid(unsafe_code)]
 
+pub mod discipline;
 pub mod filter;
 pub mod selection;
 
