@@ -267,6 +267,12 @@ pub enum ChildToSupervisor {
     /// The adjuster stepped the clock: one step of the per-boot budget is used.
     /// The supervisor keeps the count, so a re-spawn cannot reset it.
     StepTaken,
+    /// The engine's frequency estimate, for the driftfile (the engine has no file
+    /// access; the supervisor writes it atomically).
+    Drift {
+        frequency_ppm: f64,
+        skew_ppm: f64,
+    },
 }
 
 impl Message for ChildToSupervisor {}
@@ -336,6 +342,27 @@ pub struct NtpSettings {
     pub ratelimit: Option<RateLimitSettings>,
     /// chrony's `clientloglimit`: memory for the per-client log, in bytes.
     pub client_log_limit_bytes: u64,
+    /// Upstream servers to poll.
+    pub upstreams: Vec<UpstreamSettings>,
+    /// chrony's `makestep threshold limit`.
+    pub makestep: Option<(f64, i32)>,
+    pub minsources: u8,
+    /// The frequency and its error bound saved in the driftfile, ppm.
+    pub initial_frequency: Option<(f64, f64)>,
+}
+
+/// One upstream server (chrony's `server` line).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamSettings {
+    pub address: SocketAddr,
+    pub iburst: bool,
+    pub minpoll: i8,
+    pub maxpoll: i8,
+    pub prefer: bool,
+    pub noselect: bool,
+    pub trust: bool,
+    pub require: bool,
+    pub max_delay_s: f64,
 }
 
 /// chrony's `ratelimit interval I burst B leak L`, plus strata's `kod K`.

@@ -145,3 +145,62 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
     eprintln!("{test}: needs {tool}; not checked on this run (`cargo xtask ci` installs it)");
     false
 }
+
+/// A tiny stratum-1 NTP server of the tests' own, whose time is the machine's plus
+/// `offset_s`: an upstream that is wrong on purpose (a falseticker) without touching
+/// any clock. It answers until dropped.
+pub struct TestNtpServer {
+    pub address: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestNtpServer {
+    pub fn start(bind: &str, offset_s: f64) -> TestNtpServer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let socket = std::net::UdpSocket::bind(bind).expect("bind the test NTP server");
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let address = socket.local_addr().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((len, client)) = socket.recv_from(&mut buf) else { continue };
+                if len < 48 || buf[0] & 7 != 3 {
+                    continue;
+                }
+                let now = ntp_now(offset_s);
+                let mut reply = [0u8; 48];
+                reply[0] = (buf[0] & 0x38) | 4; // leap 0, version echoed, mode 4
+                reply[1] = 1; // stratum 1
+                reply[2] = buf[2];
+                reply[3] = (-20i8) as u8;
+                reply[8..12].copy_from_slice(&0x0000_0010u32.to_be_bytes()); // ~0.25 ms dispersion
+                reply[12..16].copy_from_slice(b"GPS\0");
+                reply[16..24].copy_from_slice(&now.to_be_bytes());
+                reply[24..32].copy_from_slice(&buf[40..48]);
+                reply[32..40].copy_from_slice(&now.to_be_bytes());
+                reply[40..48].copy_from_slice(&ntp_now(offset_s).to_be_bytes());
+                let _ = socket.send_to(&reply, client);
+            }
+        });
+        TestNtpServer { address, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for TestNtpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The machine's time plus `offset_s`, as a 64-bit NTP timestamp.
+pub fn ntp_now(offset_s: f64) -> u64 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() + offset_s;
+    let ntp = unix + 2_208_988_800.0;
+    ((ntp.floor() as u64) << 32) | ((ntp.fract() * 4_294_967_296.0) as u64)
+}

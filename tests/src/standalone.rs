@@ -29,6 +29,10 @@ pub fn demo_settings(role: Role) -> Settings {
             access: vec!["allow 127.0.0.0/8".into()],
             ratelimit: None,
             client_log_limit_bytes: 524_288,
+            upstreams: Vec::new(),
+            makestep: None,
+            minsources: 1,
+            initial_frequency: None,
         }),
         Role::Refclock => Settings::Refclock(RefclockSettings {}),
         Role::Adjust => Settings::Adjust(AdjustSettings {

@@ -25,6 +25,10 @@ fn start(access: &[&str], ratelimit: Option<RateLimitSettings>, client_log_limit
         access: access.iter().map(|r| r.to_string()).collect(),
         ratelimit,
         client_log_limit_bytes,
+        upstreams: Vec::new(),
+        makestep: None,
+        minsources: 1,
+        initial_frequency: None,
     });
     let resources = vec![(Resource::NtpSocket { local: address, thread: 0 }, OwnedFd::from(socket))];
     let process = Standalone::start_with(settings, resources);

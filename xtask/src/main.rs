@@ -7,10 +7,13 @@
 //!   table of answered rate, loss and response time (see BENCHMARKS.md).
 //! - `cargo xtask fuzz ntp-packet [--seconds N]`: libFuzzer on the NTP packet parser
 //!   (proto/fuzz, see its README.md); fails on any crashing input.
+//! - `cargo xtask sim [--scenario NAME] [--seed N]`: strata-sync's filter, selection
+//!   and discipline against a deterministic simulated world, one table (BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
 mod bench;
 mod fuzz;
+mod sim;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -33,8 +36,9 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("bench") => bench::main(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("sim") => sim::main(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet>");
+            eprintln!("usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet|sim>");
             return ExitCode::from(2);
         }
     };

@@ -34,6 +34,70 @@ pub struct Config {
     pub clock: ClockConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    /// Upstream NTP servers (chrony's `server` lines), in order.
+    #[serde(default)]
+    pub upstream: Vec<Upstream>,
+}
+
+/// One upstream NTP server, chrony's `server ADDRESS [options]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Upstream {
+    /// IP address and port (`"192.0.2.1:123"`, `"[2001:db8::1]:123"`). Names are not
+    /// resolved yet: the engine has no resolver under its sandbox.
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub iburst: bool,
+    #[serde(default = "default_minpoll")]
+    pub minpoll: PollLog2,
+    #[serde(default = "default_maxpoll")]
+    pub maxpoll: PollLog2,
+    #[serde(default)]
+    pub prefer: bool,
+    #[serde(default)]
+    pub noselect: bool,
+    #[serde(default)]
+    pub trust: bool,
+    #[serde(default)]
+    pub require: bool,
+    /// chrony's `maxdelay`, seconds.
+    #[serde(default = "default_maxdelay")]
+    pub maxdelay: f64,
+}
+
+fn default_minpoll() -> PollLog2 {
+    PollLog2(6)
+}
+fn default_maxpoll() -> PollLog2 {
+    PollLog2(10)
+}
+fn default_maxdelay() -> f64 {
+    3.0
+}
+
+/// A poll interval as a power of two seconds (chrony: -6 ..= 24).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "i64")]
+pub struct PollLog2(pub i8);
+impl TryFrom<i64> for PollLog2 {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if (-6..=24).contains(&v) {
+            Ok(PollLog2(v as i8))
+        } else {
+            Err(format!("a poll interval (log2 seconds) must be between -6 and 24, not {v}"))
+        }
+    }
+}
+
+/// chrony's `makestep threshold limit`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MakeStep {
+    /// Step when the offset is larger than this, seconds.
+    pub threshold: f64,
+    /// ...during the first `limit` clock updates; negative: always.
+    pub limit: i32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -170,13 +234,32 @@ impl Users {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClockConfig {
-    /// `system`, or `none` (serve and measure, never adjust, like `chronyd -x`).
+    /// `system`, `none` (serve and measure, never adjust, like `chronyd -x`) or
+    /// `simulated:/PATH` (a model clock in a file, for tests and demos).
     pub backend: ClockBackend,
+    /// chrony's `makestep`; absent: never step (only slew).
+    #[serde(default)]
+    pub makestep: Option<MakeStep>,
+    /// chrony's `minsources`.
+    #[serde(default = "default_minsources")]
+    pub minsources: u8,
+    /// chrony's `driftfile`: where the clock's frequency is kept across restarts.
+    #[serde(default)]
+    pub driftfile: Option<PathBuf>,
+}
+
+fn default_minsources() -> u8 {
+    1
 }
 
 impl Default for ClockConfig {
     fn default() -> Self {
-        ClockConfig { backend: ClockBackend(ClockBackendKind::System, None) }
+        ClockConfig {
+            backend: ClockBackend(ClockBackendKind::System, None),
+            makestep: None,
+            minsources: 1,
+            driftfile: None,
+        }
     }
 }
 

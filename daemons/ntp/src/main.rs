@@ -5,6 +5,7 @@
 
 mod clientlog;
 mod server;
+mod timekeeping;
 mod workers;
 
 use std::net::UdpSocket;
@@ -21,6 +22,7 @@ use strata_proto::ipc::{
 use tracing::{info, warn};
 
 use crate::server::ServerState;
+use crate::timekeeping::Timekeeper;
 use crate::workers::{Shared, TimeSource};
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
 struct Engine {
     /// State shared with the serving threads.
     shared: Arc<Shared>,
+    timekeeper: Timekeeper,
     status: EngineStatus,
 }
 
@@ -59,7 +62,8 @@ impl Service for Engine {
                 .map_err(|e| format!("{local}: serving thread: {e}"))?;
             info!(%local, thread, "serving NTP");
         }
-        Ok(Engine { shared, status: EngineStatus::default() })
+        let timekeeper = Timekeeper::new(&settings, Arc::clone(&shared))?;
+        Ok(Engine { shared, timekeeper, status: EngineStatus::default() })
     }
 
     fn on_sandboxed(&mut self) {
@@ -75,7 +79,10 @@ impl Service for Engine {
     fn on_frame(&mut self, peer: Role, frame: &[u8], out: &mut Outbox) -> Result<(), Violation> {
         match peer {
             Role::Adjust => match decode_peer::<AdjusterToEngine>(frame)? {
-                AdjusterToEngine::Status(clock) => self.status.clock = Some(clock),
+                AdjusterToEngine::Status(clock) => {
+                    self.timekeeper.clock_status(clock.clone());
+                    self.status.clock = Some(clock);
+                }
                 AdjusterToEngine::Refused { request, reason } => {
                     warn!(?request, "adjuster refused: {reason}")
                 }
@@ -97,5 +104,21 @@ impl Service for Engine {
             other => return Err(Violation(format!("no channel with {other}"))),
         }
         Ok(())
+    }
+
+    fn sources(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        self.timekeeper.sockets().collect()
+    }
+
+    fn on_readable(&mut self, index: usize, out: &mut Outbox) {
+        self.timekeeper.on_readable(index, out);
+    }
+
+    fn next_wakeup(&self) -> Option<std::time::Instant> {
+        self.timekeeper.next_wakeup()
+    }
+
+    fn on_wakeup(&mut self, _now: std::time::Instant, _out: &mut Outbox) {
+        self.timekeeper.poll_due();
     }
 }

@@ -102,6 +102,11 @@ impl Shared {
         }))
     }
 
+    /// The served clock minus the system clock at `system_ns`, seconds.
+    pub fn time_offset_s(&self, system_ns: i64) -> f64 {
+        self.time.offset_s(system_ns)
+    }
+
     fn client_log(&self, client: IpAddr) -> &Mutex<ClientLog> {
         &self.clients[(self.shard_hasher.hash_one(client) % CLIENT_LOG_SHARDS as u64) as usize]
     }

@@ -29,6 +29,7 @@ use strata_process::channel::{Channel, RecvError};
 use strata_proto::ipc::{
     self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity, MAX_FRAME,
     NtpSettings, RateLimitSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
+    UpstreamSettings,
 };
 use strata_sys::Capability;
 use tracing::{error, info, warn};
@@ -354,6 +355,25 @@ impl Supervisor {
                         kod_log2: r.kod.map(|k| k.0 as u8),
                     }),
                     client_log_limit_bytes: u64::from(server.client_log_limit.0),
+                    upstreams: self
+                        .config
+                        .upstream
+                        .iter()
+                        .map(|u| UpstreamSettings {
+                            address: u.address,
+                            iburst: u.iburst,
+                            minpoll: u.minpoll.0,
+                            maxpoll: u.maxpoll.0.max(u.minpoll.0),
+                            prefer: u.prefer,
+                            noselect: u.noselect,
+                            trust: u.trust,
+                            require: u.require,
+                            max_delay_s: u.maxdelay,
+                        })
+                        .collect(),
+                    makestep: self.config.clock.makestep.map(|m| (m.threshold, m.limit)),
+                    minsources: self.config.clock.minsources,
+                    initial_frequency: self.config.clock.driftfile.as_deref().and_then(read_driftfile),
                 })
             }
             Role::Refclock => Settings::Refclock(RefclockSettings {}),
@@ -419,6 +439,15 @@ impl Supervisor {
                     }
                 }
                 self.publish();
+            }
+            Ok(Some(ChildToSupervisor::Drift { frequency_ppm, skew_ppm }))
+                if role == Role::Ntp && frequency_ppm.is_finite() && skew_ppm.is_finite() && skew_ppm >= 0.0 =>
+            {
+                if let Some(path) = &self.config.clock.driftfile
+                    && let Err(e) = write_driftfile(path, frequency_ppm, skew_ppm)
+                {
+                    warn!("cannot write the driftfile {}: {e}", path.display());
+                }
             }
             Ok(Some(ChildToSupervisor::StepTaken)) if role == Role::Adjust => {
                 self.steps.used += 1;
@@ -707,6 +736,28 @@ impl StepLedger {
         writeln!(f, "{} {} {}", self.boot_id, self.first_start_ns, self.used)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(STEP_LEDGER))
+    }
+}
+
+/// chrony's driftfile, written like every state file: write, fsync, rename, so a
+/// crash at any moment leaves the old content or the new, never a torn file.
+fn write_driftfile(path: &Path, frequency_ppm: f64, skew_ppm: f64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(strata_sync::discipline::drift_file::format(frequency_ppm, skew_ppm).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_driftfile(path: &Path) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match strata_sync::discipline::drift_file::parse(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!("ignoring the driftfile {}: {e:?}", path.display());
+            None
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod discipline;
 pub mod filter;
 pub mod selection;
+pub mod source;
 
 /// A reading of the local (disciplined) clock: ns since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
