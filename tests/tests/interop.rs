@@ -5,29 +5,7 @@
 use std::process::Command;
 
 use strata_tests::appliance::Appliance;
-use strata_tests::{require_root, require_tool, scratch_dir};
-
-/// Run `chronyd -Q` against 127.0.0.1:`port`; returns its output and its
-/// measurements log.
-fn chronyd_query(port: u16) -> (bool, String, String) {
-    let dir = scratch_dir("chronyd-q");
-    // chronyd drops to its own user and must be able to write its log here.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
-    let conf = dir.join("chrony.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "server 127.0.0.1 port {port} iburst maxsamples 4\nlogdir {0}\nlog measurements\n\
-             cmdport 0\nbindcmdaddress {0}/chronyd.sock\npidfile {0}/chronyd.pid\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("timeout").args(["60", "chronyd", "-Q", "-f"]).arg(&conf).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let log = std::fs::read_to_string(dir.join("measurements.log")).unwrap_or_default();
-    (out.status.success(), text, log)
-}
+use strata_tests::{chronyd_query, require_root, require_tool};
 
 /// `ntpdig -j` against `host` (port 123).
 fn ntpdig(host: &str) -> (bool, String) {

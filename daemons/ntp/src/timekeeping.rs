@@ -212,10 +212,8 @@ impl Timekeeper {
         if !adjustable {
             return;
         }
-        let peer_sample_time = selection
-            .system_peer
-            .and_then(|peer| candidates.iter().find(|c| c.id == peer))
-            .map(|c| c.estimate.time);
+        let peer_sample_time =
+            selection.system_peer.and_then(|peer| candidates.iter().find(|c| c.id == peer)).map(|c| c.estimate.time);
         if peer_sample_time.is_none() || peer_sample_time <= self.last_used {
             return;
         }
