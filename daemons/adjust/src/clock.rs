@@ -2,8 +2,10 @@
 //! - `none`: measure and serve, never adjust (like `chronyd -x`): every change refused;
 //! - `simulated`: the model file of `strata_proto::clock_model`, handed over by the
 //!   supervisor; a change rewrites the model, every process reads time from it;
-//! - `system`: CLOCK_REALTIME. Not enabled in this build: changes are refused until
-//!   the clock_adjtime path is in place and tested (tests never move the real clock).
+//! - `system`: CLOCK_REALTIME through clock_adjtime(2) (`strata_sys::KernelClock`):
+//!   slews with the kernel's adjtime (500 ppm, the policy's rate), frequency with
+//!   ADJ_FREQUENCY, steps with ADJ_SETOFFSET. The tests only ever read this clock
+//!   (modes = 0); README says how to check the writing side on a machine of one's own.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -25,7 +27,7 @@ pub enum Change {
 
 pub enum Backend {
     None,
-    System,
+    System(strata_sys::KernelClock),
     Simulated(SimulatedClock),
 }
 
@@ -39,7 +41,11 @@ impl Backend {
     pub fn open(kind: ClockBackendKind, model: Option<OwnedFd>, now_ns: i64) -> Result<Backend, String> {
         match (kind, model) {
             (ClockBackendKind::None, None) => Ok(Backend::None),
-            (ClockBackendKind::System, None) => Ok(Backend::System),
+            (ClockBackendKind::System, None) => {
+                let clock = strata_sys::KernelClock::realtime();
+                clock.read().map_err(|e| format!("reading CLOCK_REALTIME: {e}"))?;
+                Ok(Backend::System(clock))
+            }
             (ClockBackendKind::Simulated, Some(fd)) => {
                 SimulatedClock::open(File::from(fd), now_ns).map(Backend::Simulated)
             }
@@ -51,7 +57,7 @@ impl Backend {
     pub fn kind(&self) -> ClockBackendKind {
         match self {
             Backend::None => ClockBackendKind::None,
-            Backend::System => ClockBackendKind::System,
+            Backend::System(_) => ClockBackendKind::System,
             Backend::Simulated(_) => ClockBackendKind::Simulated,
         }
     }
@@ -59,14 +65,40 @@ impl Backend {
     pub fn frequency_ppm(&self) -> f64 {
         match self {
             Backend::Simulated(c) => c.model.correction_ppm,
-            _ => 0.0,
+            Backend::System(clock) => clock.read().map_or(0.0, |s| s.frequency_ppm),
+            Backend::None => 0.0,
+        }
+    }
+
+    /// Arm or disarm the leap second (the kernel's, for the system clock; the model
+    /// of the simulated clock has none: its leap is only reported).
+    pub fn set_leap(&mut self, leap: strata_proto::ipc::Leap) -> Result<(), String> {
+        use strata_proto::ipc::Leap;
+        match self {
+            Backend::System(clock) => clock
+                .set_leap(match leap {
+                    Leap::None => None,
+                    Leap::InsertSecond => Some(true),
+                    Leap::DeleteSecond => Some(false),
+                })
+                .map_err(|e| format!("clock_adjtime: {e}")),
+            Backend::None | Backend::Simulated(_) => Ok(()),
         }
     }
 
     pub fn apply(&mut self, change: Change, now_ns: i64) -> Result<(), String> {
         match self {
             Backend::None => Err("clock backend `none` never adjusts the clock".into()),
-            Backend::System => Err("the system clock backend is not enabled in this build".into()),
+            Backend::System(clock) => {
+                let result = match change {
+                    // The kernel's adjtime slews at exactly 500 ppm: the policy's rate
+                    // is checked against it at build time (see below).
+                    Change::Slew { offset_s, .. } => clock.slew(offset_s),
+                    Change::Frequency { ppm } => clock.set_frequency(ppm),
+                    Change::Step { offset_s } => clock.step(offset_s),
+                };
+                result.map_err(|e| format!("clock_adjtime: {e}"))
+            }
             Backend::Simulated(clock) => clock.apply(change, now_ns),
         }
     }
@@ -114,6 +146,10 @@ impl SimulatedClock {
     }
 }
 
+// The system backend slews with the kernel's adjtime, which runs at 500 ppm: a
+// policy that promised a slower slew would not be kept.
+const _: () = assert!(strata_policy::clock::MAX_SLEW_RATE_PPM >= 500.0);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,11 +196,18 @@ mod tests {
     }
 
     #[test]
-    fn none_and_system_never_change_anything() {
-        for kind in [ClockBackendKind::None, ClockBackendKind::System] {
-            let mut b = Backend::open(kind, None, 0).unwrap();
-            assert!(b.apply(Change::Step { offset_s: 1.0 }, 0).is_err());
-            assert!(b.apply(Change::Frequency { ppm: 1.0 }, 0).is_err());
-        }
+    fn none_never_changes_anything() {
+        let mut b = Backend::open(ClockBackendKind::None, None, 0).unwrap();
+        assert!(b.apply(Change::Step { offset_s: 1.0 }, 0).is_err());
+        assert!(b.apply(Change::Frequency { ppm: 1.0 }, 0).is_err());
+    }
+
+    #[test]
+    fn the_system_backend_reports_the_kernel_frequency() {
+        // Only a read: tests never move this machine's clock.
+        let b = Backend::open(ClockBackendKind::System, None, 0).unwrap();
+        let kernel = strata_sys::KernelClock::realtime().read().unwrap().frequency_ppm;
+        assert_eq!(b.frequency_ppm(), kernel);
+        assert_eq!(b.kind(), ClockBackendKind::System);
     }
 }

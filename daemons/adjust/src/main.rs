@@ -106,6 +106,10 @@ impl Adjuster {
                 return Ok(());
             }
             EngineToAdjuster::SetLeap(leap) => {
+                if let Err(reason) = self.backend.set_leap(leap) {
+                    self.refuse(Role::Ntp, ClockRequestKind::SetLeap, reason, out);
+                    return Ok(());
+                }
                 self.leap = leap;
                 out.send(&AdjusterToEngine::Status(self.status()));
                 return Ok(());

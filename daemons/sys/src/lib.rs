@@ -252,3 +252,138 @@ pub fn duplicate_descriptor_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: as above: a fresh descriptor that only we hold.
     Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
 }
+
+/// A kernel clock driven through `clock_adjtime(2)`: CLOCK_REALTIME, or a PTP
+/// hardware clock (`/dev/ptpN`, opened read-write by the supervisor).
+#[derive(Clone, Copy, Debug)]
+pub struct KernelClock {
+    id: libc::clockid_t,
+}
+
+/// What `clock_adjtime` reports (read-only call, modes = 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelClockState {
+    /// The kernel's frequency correction, ppm (positive: the clock runs faster).
+    pub frequency_ppm: f64,
+    /// STA_* status bits.
+    pub status: i32,
+    /// The clock state the call returned (TIME_OK, TIME_INS, ..., TIME_ERROR).
+    pub state: i32,
+}
+
+impl KernelClock {
+    pub const fn realtime() -> KernelClock {
+        KernelClock { id: libc::CLOCK_REALTIME }
+    }
+
+    /// The dynamic clock of a PHC device descriptor (linux/posix-timers.h
+    /// FD_TO_CLOCKID: `((~fd) << 3) | CLOCKFD`, CLOCKFD = 3).
+    pub fn of_phc(fd: &impl std::os::fd::AsFd) -> KernelClock {
+        let raw = fd.as_fd().as_raw_fd();
+        KernelClock { id: ((!raw) << 3) | 3 }
+    }
+
+    pub fn id(&self) -> libc::clockid_t {
+        self.id
+    }
+
+    fn adjtime(&self, tx: &mut libc::timex) -> io::Result<i32> {
+        // SAFETY: `tx` is a valid, exclusively borrowed timex for the duration of the
+        // call; the kernel reads the fields selected by `modes` and writes the struct
+        // back. No other memory is touched.
+        let rc = unsafe { libc::clock_adjtime(self.id, tx) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    }
+
+    fn blank() -> libc::timex {
+        // SAFETY: timex is a plain C struct of integers (and padding) for which all
+        // zero bytes is a valid value: modes = 0 means "change nothing".
+        unsafe { std::mem::zeroed() }
+    }
+
+    /// Read the clock's state; changes nothing (modes = 0).
+    pub fn read(&self) -> io::Result<KernelClockState> {
+        let mut tx = KernelClock::blank();
+        let state = self.adjtime(&mut tx)?;
+        Ok(KernelClockState { frequency_ppm: tx.freq as f64 / 65536.0, status: tx.status, state })
+    }
+
+    /// Set the frequency correction (ADJ_FREQUENCY, scaled ppm: ppm · 2^16).
+    pub fn set_frequency(&self, ppm: f64) -> io::Result<()> {
+        let mut tx = KernelClock::blank();
+        tx.modes = libc::ADJ_FREQUENCY;
+        tx.freq = (ppm * 65536.0).round() as libc::c_long;
+        self.adjtime(&mut tx).map(|_| ())
+    }
+
+    /// Correct `offset_s` gradually: the old adjtime() (ADJ_OFFSET_SINGLESHOT),
+    /// which the kernel slews at 500 ppm and a new call replaces. CLOCK_REALTIME only.
+    pub fn slew(&self, offset_s: f64) -> io::Result<()> {
+        let mut tx = KernelClock::blank();
+        tx.modes = libc::ADJ_OFFSET_SINGLESHOT as libc::c_uint;
+        tx.offset = (offset_s * 1e6).round() as libc::c_long;
+        self.adjtime(&mut tx).map(|_| ())
+    }
+
+    /// Add `offset_s` to the clock at once (ADJ_SETOFFSET with nanoseconds).
+    pub fn step(&self, offset_s: f64) -> io::Result<()> {
+        let mut tx = KernelClock::blank();
+        tx.modes = libc::ADJ_SETOFFSET | libc::ADJ_NANO;
+        let ns = (offset_s * 1e9).round() as i64;
+        tx.time.tv_sec = ns.div_euclid(1_000_000_000) as libc::time_t;
+        // With ADJ_NANO the "usec" field holds nanoseconds, always in [0, 1e9).
+        tx.time.tv_usec = ns.rem_euclid(1_000_000_000) as libc::suseconds_t;
+        self.adjtime(&mut tx).map(|_| ())
+    }
+
+    /// Arm (`Some(true)` insert, `Some(false)` delete) or disarm (`None`) the kernel's
+    /// leap second, keeping the other status bits.
+    pub fn set_leap(&self, leap: Option<bool>) -> io::Result<()> {
+        let current = self.read()?;
+        let mut tx = KernelClock::blank();
+        tx.modes = libc::ADJ_STATUS;
+        tx.status = current.status & !(libc::STA_INS | libc::STA_DEL);
+        tx.status |= match leap {
+            Some(true) => libc::STA_INS,
+            Some(false) => libc::STA_DEL,
+            None => 0,
+        };
+        self.adjtime(&mut tx).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod kernel_clock_tests {
+    use super::*;
+
+    #[test]
+    fn the_request_bits_are_the_kernels() {
+        // linux/timex.h
+        assert_eq!(libc::ADJ_FREQUENCY, 0x0002);
+        assert_eq!(libc::ADJ_SETOFFSET, 0x0100);
+        assert_eq!(libc::ADJ_NANO, 0x2000);
+        assert_eq!(libc::ADJ_OFFSET_SINGLESHOT, 0x8001);
+        assert_eq!(libc::ADJ_STATUS, 0x0010);
+        assert_eq!((libc::STA_INS, libc::STA_DEL), (0x0010, 0x0020));
+        // struct timex on x86_64/aarch64: 208 bytes (11 longs, a timeval, padding).
+        assert_eq!(std::mem::size_of::<libc::timex>(), 208);
+    }
+
+    #[test]
+    fn reading_the_system_clock_reports_a_sane_state() {
+        // modes = 0: a read. (Tests never write to this machine's clock.)
+        let state = KernelClock::realtime().read().unwrap();
+        assert!(state.frequency_ppm.abs() <= 500.0, "{state:?}");
+        assert!((0..=5).contains(&state.state), "{state:?}");
+        assert_eq!(KernelClock::realtime().read().unwrap().frequency_ppm, state.frequency_ppm);
+    }
+
+    #[test]
+    fn a_phc_descriptor_maps_to_its_dynamic_clock_id() {
+        // FD_TO_CLOCKID(3) = ((~3) << 3) | 3 = -29
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let raw = f.as_raw_fd();
+        assert_eq!(KernelClock::of_phc(&f).id(), ((!raw) << 3) | 3);
+        assert!(KernelClock::of_phc(&f).id() < 0);
+    }
+}
