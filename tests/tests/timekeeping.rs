@@ -195,3 +195,29 @@ fn the_driftfile_survives_kill_9_while_it_is_written() {
     }
     assert!(rewrites >= 4, "the driftfile was rewritten in only {rewrites} of 8 rounds");
 }
+
+#[test]
+fn an_upstream_given_by_name_is_resolved_and_polled() {
+    if !require_root("name resolution") {
+        return;
+    }
+    let upstream = TestNtpServer::start("127.0.0.1:0", 0.0);
+    let port = free_udp_port();
+    // "localhost" comes from /etc/hosts: no DNS needed, the same resolver path.
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[upstream]]\naddress = \"localhost:{}\"\npool = true\nmaxsources = 2\niburst = true\nminpoll = -2\nmaxpoll = 0\n",
+        upstream.address.port()
+    );
+    let appliance = Appliance::start_with_clock("resolve", Some(&server), "backend = \"none\"");
+    assert!(appliance.log().contains("resolved"), "{}", appliance.log());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some((_, 2, refid)) = ask(port) {
+            assert_eq!(refid, [127, 0, 0, 1]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never synchronised to localhost:\n{}", appliance.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

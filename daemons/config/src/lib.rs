@@ -43,9 +43,16 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Upstream {
-    /// IP address and port (`"192.0.2.1:123"`, `"[2001:db8::1]:123"`). Names are not
-    /// resolved yet: the engine has no resolver under its sandbox.
-    pub address: SocketAddr,
+    /// `"192.0.2.1"`, `"[2001:db8::1]:123"`, `"ntp.example.org"`,
+    /// `"ntp.example.org:1123"`. Names are resolved at start by an unprivileged
+    /// helper process (the engine has no resolver under its sandbox).
+    pub address: UpstreamAddress,
+    /// chrony's `pool`: use several of the addresses the name resolves to.
+    #[serde(default)]
+    pub pool: bool,
+    /// chrony's `maxsources` for a pool.
+    #[serde(default = "default_maxsources")]
+    pub maxsources: u8,
     #[serde(default)]
     pub iburst: bool,
     #[serde(default = "default_minpoll")]
@@ -63,6 +70,56 @@ pub struct Upstream {
     /// chrony's `maxdelay`, seconds.
     #[serde(default = "default_maxdelay")]
     pub maxdelay: f64,
+}
+
+fn default_maxsources() -> u8 {
+    4
+}
+
+/// An upstream's address as written: an IP address (port 123 unless given) or a
+/// host name to resolve.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum UpstreamAddress {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl TryFrom<String> for UpstreamAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(UpstreamAddress::Ip(addr));
+        }
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(UpstreamAddress::Ip(SocketAddr::new(ip, 123)));
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse::<u16>().map_err(|_| format!("bad port in {s:?}"))?),
+            None => (s.as_str(), 123),
+        };
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+            });
+        if !valid {
+            return Err(format!("{s:?} is neither an IP address nor a host name"));
+        }
+        Ok(UpstreamAddress::Name { host: host.to_ascii_lowercase(), port })
+    }
+}
+
+impl std::fmt::Display for UpstreamAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddress::Ip(addr) => write!(f, "{addr}"),
+            UpstreamAddress::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 fn default_minpoll() -> PollLog2 {
@@ -459,6 +516,21 @@ mod tests {
         let err = parse("[server]\naccess = [\"permit 10.0.0.0/8\"]\n").unwrap_err();
         assert!(err.starts_with("t.toml:2:12: access rule:"), "{err}");
         assert_eq!(parse("[server]\naccess = [\"allow 10.0.0.0/8\", \"deny all\"]\n").unwrap().server.access.len(), 2);
+    }
+
+    #[test]
+    fn upstream_addresses_are_ips_or_host_names() {
+        let c = parse(
+            "[[upstream]]\naddress = \"192.0.2.1\"\n[[upstream]]\naddress = \"[2001:db8::1]:1123\"\n\
+             [[upstream]]\naddress = \"Pool.NTP.org\"\npool = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.upstream[0].address, UpstreamAddress::Ip("192.0.2.1:123".parse().unwrap()));
+        assert_eq!(c.upstream[1].address, UpstreamAddress::Ip("[2001:db8::1]:1123".parse().unwrap()));
+        assert_eq!(c.upstream[2].address, UpstreamAddress::Name { host: "pool.ntp.org".into(), port: 123 });
+        assert_eq!(c.upstream[2].maxsources, 4);
+        let err = parse("[[upstream]]\naddress = \"bad host!\"\n").unwrap_err();
+        assert!(err.starts_with("t.toml:2:11: \"bad host!\" is neither"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod resolve;
 mod status;
 mod supervisor;
 
@@ -25,6 +26,9 @@ enum Command {
     },
     /// Check a configuration file; errors name the line and column.
     CheckConfig { config: PathBuf },
+    /// Resolve host names (used by `strata run` as an unprivileged helper).
+    #[command(hide = true)]
+    Resolve { names: Vec<String> },
     /// Show the processes of a running appliance (from its status file).
     Status {
         #[arg(long, short, default_value = "/etc/strata/strata.toml")]
@@ -50,5 +54,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { config, json } => status::show(&config, json),
+        Command::Resolve { names } => resolve::helper(&names),
     }
 }

@@ -119,6 +119,8 @@ struct Supervisor {
     /// read-only for the engine.
     clock_model: Option<(OwnedFd, OwnedFd)>,
     steps: StepLedger,
+    /// Every upstream with the address it is polled at (a pool gives several).
+    upstreams: Vec<(strata_config::Upstream, std::net::SocketAddr)>,
 }
 
 pub fn run(config_path: &Path) -> ExitCode {
@@ -199,6 +201,11 @@ impl Supervisor {
             ),
         };
 
+        // Host names, through the unprivileged resolver helper, while we can still
+        // start it under the engine's user.
+        let engine_identity = slots.iter().find(|s| s.role == Role::Ntp).and_then(|s| s.identity);
+        let upstreams = resolve_upstreams(&config, engine_identity);
+
         // 4. Trim our own capabilities.
         if !development {
             strata_sys::limit_bounding_set(&BOUNDING).map_err(StartError::Capabilities)?;
@@ -226,6 +233,7 @@ impl Supervisor {
                 next_link: 1,
                 clock_model,
                 steps,
+                upstreams,
             },
             signals,
         ))
@@ -356,11 +364,10 @@ impl Supervisor {
                     }),
                     client_log_limit_bytes: u64::from(server.client_log_limit.0),
                     upstreams: self
-                        .config
-                        .upstream
+                        .upstreams
                         .iter()
-                        .map(|u| UpstreamSettings {
-                            address: u.address,
+                        .map(|(u, address)| UpstreamSettings {
+                            address: *address,
                             iburst: u.iburst,
                             minpoll: u.minpoll.0,
                             maxpoll: u.maxpoll.0.max(u.minpoll.0),
@@ -737,6 +744,45 @@ impl StepLedger {
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(STEP_LEDGER))
     }
+}
+
+/// The address of every upstream: IPs as written; a name's first address (a
+/// pool's first `maxsources`), in the order the resolver gave them.
+fn resolve_upstreams(
+    config: &Config,
+    identity: Option<Identity>,
+) -> Vec<(strata_config::Upstream, std::net::SocketAddr)> {
+    use strata_config::UpstreamAddress;
+    let names: Vec<String> = config
+        .upstream
+        .iter()
+        .filter_map(|u| match &u.address {
+            UpstreamAddress::Name { .. } => Some(u.address.to_string()),
+            UpstreamAddress::Ip(_) => None,
+        })
+        .collect();
+    let resolved = crate::resolve::resolve(&names, identity);
+    let mut upstreams = Vec::new();
+    for u in &config.upstream {
+        match &u.address {
+            UpstreamAddress::Ip(addr) => upstreams.push((u.clone(), *addr)),
+            UpstreamAddress::Name { .. } => {
+                let name = u.address.to_string();
+                let take = if u.pool { usize::from(u.maxsources.max(1)) } else { 1 };
+                let mut addrs: Vec<std::net::SocketAddr> =
+                    resolved.iter().filter(|(n, _)| *n == name).map(|&(_, a)| a).collect();
+                addrs.dedup();
+                if addrs.is_empty() {
+                    warn!(upstream = %name, "could not be resolved; not polled");
+                }
+                for addr in addrs.into_iter().take(take) {
+                    info!(upstream = %name, %addr, "resolved");
+                    upstreams.push((u.clone(), addr));
+                }
+            }
+        }
+    }
+    upstreams
 }
 
 /// chrony's driftfile, written like every state file: write, fsync, rename, so a
