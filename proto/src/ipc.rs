@@ -349,6 +349,8 @@ pub struct NtpSettings {
     pub minsources: u8,
     /// The frequency and its error bound saved in the driftfile, ppm.
     pub initial_frequency: Option<(f64, f64)>,
+    /// chrony's `leapsecmode`: 0 system, 1 step, 2 slew, 3 ignore.
+    pub leap_sec_mode: u8,
 }
 
 /// One upstream server (chrony's `server` line).
@@ -363,6 +365,7 @@ pub struct UpstreamSettings {
     pub trust: bool,
     pub require: bool,
     pub max_delay_s: f64,
+    pub version: u8,
 }
 
 /// chrony's `ratelimit interval I burst B leak L`, plus strata's `kod K`.

@@ -33,6 +33,7 @@ pub fn demo_settings(role: Role) -> Settings {
             makestep: None,
             minsources: 1,
             initial_frequency: None,
+            leap_sec_mode: 0,
         }),
         Role::Refclock => Settings::Refclock(RefclockSettings {}),
         Role::Adjust => Settings::Adjust(AdjustSettings {

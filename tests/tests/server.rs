@@ -29,6 +29,7 @@ fn start(access: &[&str], ratelimit: Option<RateLimitSettings>, client_log_limit
         makestep: None,
         minsources: 1,
         initial_frequency: None,
+        leap_sec_mode: 0,
     });
     let resources = vec![(Resource::NtpSocket { local: address, thread: 0 }, OwnedFd::from(socket))];
     let process = Standalone::start_with(settings, resources);

@@ -70,6 +70,13 @@ pub struct Upstream {
     /// chrony's `maxdelay`, seconds.
     #[serde(default = "default_maxdelay")]
     pub maxdelay: f64,
+    /// chrony's `version`: the NTP version of our requests.
+    #[serde(default = "default_version")]
+    pub version: NtpVersion,
+}
+
+fn default_version() -> NtpVersion {
+    NtpVersion(4)
 }
 
 fn default_maxsources() -> u8 {
@@ -303,6 +310,20 @@ pub struct ClockConfig {
     /// chrony's `driftfile`: where the clock's frequency is kept across restarts.
     #[serde(default)]
     pub driftfile: Option<PathBuf>,
+    /// chrony's `leapsecmode`: `system` (the kernel inserts or deletes the second),
+    /// `step`, `slew` or `ignore`.
+    #[serde(default)]
+    pub leapsecmode: LeapSecMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LeapSecMode {
+    #[default]
+    System,
+    Step,
+    Slew,
+    Ignore,
 }
 
 fn default_minsources() -> u8 {
@@ -316,6 +337,7 @@ impl Default for ClockConfig {
             makestep: None,
             minsources: 1,
             driftfile: None,
+            leapsecmode: LeapSecMode::System,
         }
     }
 }
@@ -436,6 +458,7 @@ impl TryFrom<i64> for RateInterval {
 }
 
 bounded!(Threads, 1, 64, "a number of serving threads");
+bounded!(NtpVersion, 1, 4, "an NTP version");
 bounded!(ReceiveBuffer, 65_536, 268_435_456, "a receive buffer in bytes");
 bounded!(Burst, 1, 255, "a burst");
 bounded!(Leak, 1, 4, "a leak (log2)");

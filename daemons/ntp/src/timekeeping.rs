@@ -20,7 +20,7 @@ use strata_proto::ipc::{
     ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Leap as WireLeap, NtpSettings,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
-use strata_sync::discipline::{ClockAction, Discipline, DisciplineConfig, MakeStep};
+use strata_sync::discipline::{ClockAction, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
 use strata_sync::filter::{ClockFilter, FilterConfig};
 use strata_sync::selection::{Candidate, Selection, SelectionConfig, select};
 use strata_sync::source::{NtpSource, Response, ServerOptions};
@@ -81,7 +81,7 @@ impl Timekeeper {
                 iburst: u.iburst,
                 select,
                 max_delay_s: u.max_delay_s,
-                ..ServerOptions::default()
+                version: u.version,
             };
             random = xorshift(random);
             let source = NtpSource::new(SourceId(i as u32), options, now, random);
@@ -92,6 +92,12 @@ impl Timekeeper {
             make_step: settings.makestep.map(|(threshold_s, limit)| MakeStep { threshold_s, limit }),
             max_slew_rate_ppm: ADJUSTER_SLEW_RATE_PPM,
             max_frequency_ppm: ADJUSTER_MAX_FREQUENCY_PPM,
+            leap_sec_mode: match settings.leap_sec_mode {
+                1 => LeapSecMode::Step,
+                2 => LeapSecMode::Slew,
+                3 => LeapSecMode::Ignore,
+                _ => LeapSecMode::System,
+            },
             ..DisciplineConfig::default()
         })
         .map_err(|e| format!("discipline: {e:?}"))?;

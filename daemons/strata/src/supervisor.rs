@@ -376,11 +376,13 @@ impl Supervisor {
                             trust: u.trust,
                             require: u.require,
                             max_delay_s: u.maxdelay,
+                            version: u.version.0 as u8,
                         })
                         .collect(),
                     makestep: self.config.clock.makestep.map(|m| (m.threshold, m.limit)),
                     minsources: self.config.clock.minsources,
                     initial_frequency: self.config.clock.driftfile.as_deref().and_then(read_driftfile),
+                    leap_sec_mode: self.config.clock.leapsecmode as u8,
                 })
             }
             Role::Refclock => Settings::Refclock(RefclockSettings {}),

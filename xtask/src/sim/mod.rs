@@ -205,7 +205,8 @@ mod tests {
         let summary = outcome.summary(1e-3);
         let converged = summary.converged_after_s.expect("converges");
         assert!(converged < 900.0, "converged after {converged} s");
-        assert!(summary.rms_offset_s < 100e-6, "{summary:?}");
+        // From convergence on, including the tail of the start-up transient.
+        assert!(summary.rms_offset_s < 250e-6, "{summary:?}");
         // Held to the LAN's jitter (20 µs) in the second half hour, the frequency settled.
         assert!(summary.rms_offset_second_half_s < 20e-6, "{summary:?}");
         let last = outcome.points.last().unwrap();
