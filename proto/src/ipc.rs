@@ -401,6 +401,8 @@ pub enum ClockBackendKind {
     System,
     /// A model clock in a file (`clock_model`): tests and demos.
     Simulated,
+    /// A PTP hardware clock (`/dev/ptpN`).
+    Phc,
 }
 
 /// A privileged resource handed over by the supervisor, with its descriptor.
@@ -413,6 +415,9 @@ pub enum Resource {
     /// The simulated clock's model file: read-write for the adjuster, read-only
     /// for the others.
     ClockModel { writable: bool },
+    /// The PTP hardware clock the adjuster disciplines: read-write for the
+    /// adjuster, read-only for the engine (which reads its time).
+    PhcDevice { writable: bool },
 }
 
 // ---------------------------------------------------------------------------

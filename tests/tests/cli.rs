@@ -94,3 +94,26 @@ fn status_prints_every_process() {
         assert!(line.contains(&appliance.pid_of(role).to_string()), "{line}");
     }
 }
+
+#[test]
+fn a_phc_backend_on_a_device_that_is_no_ptp_clock_is_named_as_such() {
+    if !strata_tests::require_root("phc backend") {
+        return;
+    }
+    // No /dev/ptp* on this machine: /dev/null stands in for a wrong device path.
+    let dir = scratch_dir("phc-null");
+    let conf = dir.join("strata.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[supervisor]\nruntime-dir = {:?}\nrestart = {{ budget = 1 }}\n[clock]\nbackend = \"phc:/dev/null\"\n\
+             [server]\nlisten = []\n",
+            dir.join("run").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = strata(&["run", "--config", conf.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a PTP hardware clock"), "{err}");
+    assert!(err.contains("the NTP engine cannot be kept running"), "{err}");
+}

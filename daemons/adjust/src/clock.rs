@@ -28,7 +28,75 @@ pub enum Change {
 pub enum Backend {
     None,
     System(strata_sys::KernelClock),
+    Phc(PhcClock<strata_sys::KernelClock>),
     Simulated(SimulatedClock),
+}
+
+/// The clock operations a PHC offers through clock_adjtime: it has a frequency
+/// and can be stepped, but no adjtime-style slew (ADJ_OFFSET_SINGLESHOT is for
+/// CLOCK_REALTIME only).
+pub trait TunableClock {
+    fn set_frequency(&self, ppm: f64) -> std::io::Result<()>;
+    fn step(&self, offset_s: f64) -> std::io::Result<()>;
+}
+
+impl TunableClock for strata_sys::KernelClock {
+    fn set_frequency(&self, ppm: f64) -> std::io::Result<()> {
+        strata_sys::KernelClock::set_frequency(self, ppm)
+    }
+    fn step(&self, offset_s: f64) -> std::io::Result<()> {
+        strata_sys::KernelClock::step(self, offset_s)
+    }
+}
+
+/// A PHC, slewed the way phc2sys does it: by running its frequency `rate` ppm off
+/// the set one until the offset is corrected, then back.
+pub struct PhcClock<C> {
+    clock: C,
+    /// Keeps the device open: the dynamic clock id is only valid while it is.
+    _device: Option<OwnedFd>,
+    /// The frequency correction asked for, ppm.
+    frequency_ppm: f64,
+    /// An ongoing slew: its rate (signed, ppm) and when it ends (system time, ns).
+    slew: Option<(f64, i64)>,
+}
+
+impl<C: TunableClock> PhcClock<C> {
+    pub fn new(clock: C, device: Option<OwnedFd>, frequency_ppm: f64) -> PhcClock<C> {
+        PhcClock { clock, _device: device, frequency_ppm, slew: None }
+    }
+
+    fn apply(&mut self, change: Change, now_ns: i64) -> std::io::Result<()> {
+        match change {
+            Change::Frequency { ppm } => {
+                self.frequency_ppm = ppm;
+                let slewing = self.slew.map_or(0.0, |(rate, _)| rate);
+                self.clock.set_frequency(ppm + slewing)
+            }
+            Change::Step { offset_s } => {
+                self.clock.step(offset_s)?;
+                self.end_slew()
+            }
+            Change::Slew { offset_s, rate_ppm } => {
+                let rate = rate_ppm.copysign(offset_s);
+                let end = now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9) as i64;
+                self.slew = Some((rate, end));
+                self.clock.set_frequency(self.frequency_ppm + rate)
+            }
+        }
+    }
+
+    /// When the slew in progress ends (system time, ns).
+    pub fn slew_end_ns(&self) -> Option<i64> {
+        self.slew.map(|(_, end)| end)
+    }
+
+    pub fn end_slew(&mut self) -> std::io::Result<()> {
+        if self.slew.take().is_some() {
+            self.clock.set_frequency(self.frequency_ppm)?;
+        }
+        Ok(())
+    }
 }
 
 pub struct SimulatedClock {
@@ -40,6 +108,12 @@ pub struct SimulatedClock {
 impl Backend {
     pub fn open(kind: ClockBackendKind, model: Option<OwnedFd>, now_ns: i64) -> Result<Backend, String> {
         match (kind, model) {
+            (ClockBackendKind::Phc, Some(device)) => {
+                let clock = strata_sys::KernelClock::of_phc(&device);
+                let state = clock.read().map_err(|e| format!("not a PTP hardware clock: {e}"))?;
+                Ok(Backend::Phc(PhcClock::new(clock, Some(device), state.frequency_ppm)))
+            }
+            (ClockBackendKind::Phc, None) => Err("the phc backend needs its device".into()),
             (ClockBackendKind::None, None) => Ok(Backend::None),
             (ClockBackendKind::System, None) => {
                 let clock = strata_sys::KernelClock::realtime();
@@ -58,6 +132,7 @@ impl Backend {
         match self {
             Backend::None => ClockBackendKind::None,
             Backend::System(_) => ClockBackendKind::System,
+            Backend::Phc(_) => ClockBackendKind::Phc,
             Backend::Simulated(_) => ClockBackendKind::Simulated,
         }
     }
@@ -66,6 +141,7 @@ impl Backend {
         match self {
             Backend::Simulated(c) => c.model.correction_ppm,
             Backend::System(clock) => clock.read().map_or(0.0, |s| s.frequency_ppm),
+            Backend::Phc(phc) => phc.frequency_ppm,
             Backend::None => 0.0,
         }
     }
@@ -82,7 +158,8 @@ impl Backend {
                     Leap::DeleteSecond => Some(false),
                 })
                 .map_err(|e| format!("clock_adjtime: {e}")),
-            Backend::None | Backend::Simulated(_) => Ok(()),
+            // A PHC has no leap second of its own (it counts TAI or UTC as set).
+            Backend::None | Backend::Simulated(_) | Backend::Phc(_) => Ok(()),
         }
     }
 
@@ -100,6 +177,7 @@ impl Backend {
                 result.map_err(|e| format!("clock_adjtime: {e}"))
             }
             Backend::Simulated(clock) => clock.apply(change, now_ns),
+            Backend::Phc(phc) => phc.apply(change, now_ns).map_err(|e| format!("clock_adjtime on the PHC: {e}")),
         }
     }
 }
@@ -193,6 +271,45 @@ mod tests {
         let mut record = [0u8; RECORD_LEN];
         c.file.read_at(&mut record, 0).unwrap();
         assert_eq!(ClockModel::decode(&record).unwrap().1, c.model);
+    }
+
+    /// A PHC behind the clock_adjtime interface, recording what it is asked.
+    #[derive(Default)]
+    struct FakePhc {
+        calls: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl TunableClock for &FakePhc {
+        fn set_frequency(&self, ppm: f64) -> std::io::Result<()> {
+            self.calls.borrow_mut().push(format!("freq {ppm}"));
+            Ok(())
+        }
+        fn step(&self, offset_s: f64) -> std::io::Result<()> {
+            self.calls.borrow_mut().push(format!("step {offset_s}"));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_phc_is_slewed_by_its_frequency_and_set_back_when_done() {
+        let fake = FakePhc::default();
+        let mut phc = PhcClock::new(&fake, None, 10.0);
+        phc.apply(Change::Slew { offset_s: -0.001, rate_ppm: 500.0 }, 0).unwrap();
+        // 1 ms at 500 ppm: 2 s at 10 − 500 ppm.
+        assert_eq!(phc.slew_end_ns(), Some(2_000_000_000));
+        phc.apply(Change::Frequency { ppm: 12.0 }, 1).unwrap();
+        phc.end_slew().unwrap();
+        phc.apply(Change::Slew { offset_s: 0.5, rate_ppm: 500.0 }, 0).unwrap();
+        phc.apply(Change::Step { offset_s: 0.25 }, 0).unwrap();
+        assert_eq!(phc.slew_end_ns(), None);
+        assert_eq!(*fake.calls.borrow(), ["freq -490", "freq -488", "freq 12", "freq 512", "step 0.25", "freq 12"]);
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_a_phc_is_refused() {
+        let not_a_clock = OwnedFd::from(File::open("/dev/null").unwrap());
+        let err = Backend::open(ClockBackendKind::Phc, Some(not_a_clock), 0).err().unwrap();
+        assert!(err.starts_with("not a PTP hardware clock"), "{err}");
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Service for Adjuster {
         let mut model = None;
         for (resource, fd) in resources {
             match resource {
-                Resource::ClockModel { writable: true } => model = Some(fd),
+                Resource::ClockModel { writable: true } | Resource::PhcDevice { writable: true } => model = Some(fd),
                 other => return Err(format!("the adjuster takes no {other:?}")),
             }
         }
@@ -193,6 +193,22 @@ impl Service for Adjuster {
             refusals_logged: 0,
             refusals_since: Instant::now(),
         })
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        // A PHC slew ends on a timer: the adjuster sets the frequency back.
+        let Backend::Phc(phc) = &self.backend else { return None };
+        let end = phc.slew_end_ns()?;
+        Some(Instant::now() + Duration::from_nanos(end.saturating_sub(now_ns()).max(0) as u64))
+    }
+
+    fn on_wakeup(&mut self, _now: Instant, _out: &mut Outbox) {
+        if let Backend::Phc(phc) = &mut self.backend
+            && phc.slew_end_ns().is_some_and(|end| end <= now_ns())
+            && let Err(e) = phc.end_slew()
+        {
+            error!("ending a slew of the PHC: {e}");
+        }
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {

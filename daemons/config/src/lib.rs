@@ -349,7 +349,12 @@ pub struct ClockBackend(pub ClockBackendKind, pub Option<PathBuf>);
 impl ClockBackend {
     /// The model file of a `simulated:PATH` backend.
     pub fn model_path(&self) -> Option<&Path> {
-        self.1.as_deref()
+        self.1.as_deref().filter(|_| self.0 == ClockBackendKind::Simulated)
+    }
+
+    /// The device of a `phc:/dev/ptpN` backend.
+    pub fn phc_path(&self) -> Option<&Path> {
+        self.1.as_deref().filter(|_| self.0 == ClockBackendKind::Phc)
     }
 }
 
@@ -359,15 +364,22 @@ impl TryFrom<String> for ClockBackend {
         match s.as_str() {
             "none" => Ok(ClockBackend(ClockBackendKind::None, None)),
             "system" => Ok(ClockBackend(ClockBackendKind::System, None)),
-            other => match other.strip_prefix("simulated:") {
-                Some(path) if Path::new(path).is_absolute() => {
-                    Ok(ClockBackend(ClockBackendKind::Simulated, Some(PathBuf::from(path))))
+            other => {
+                let (kind, path) = if let Some(path) = other.strip_prefix("simulated:") {
+                    (ClockBackendKind::Simulated, path)
+                } else if let Some(path) = other.strip_prefix("phc:") {
+                    (ClockBackendKind::Phc, path)
+                } else {
+                    return Err(format!(
+                        "unknown clock backend {other:?}: expected \"system\", \"none\", \"phc:/dev/ptpN\" \
+                         or \"simulated:/PATH\""
+                    ));
+                };
+                if !Path::new(path).is_absolute() {
+                    return Err(format!("{path:?} must be an absolute path"));
                 }
-                Some(path) => Err(format!("simulated clock model {path:?} must be an absolute path")),
-                None => Err(format!(
-                    "unknown clock backend {other:?}: expected \"system\", \"none\" or \"simulated:/PATH\""
-                )),
-            },
+                Ok(ClockBackend(kind, Some(PathBuf::from(path))))
+            }
         }
     }
 }

@@ -51,6 +51,11 @@ impl Service for Engine {
             match resource {
                 Resource::NtpSocket { local, thread } => sockets.push((local, thread, fd)),
                 Resource::ClockModel { writable: false } => time = TimeSource::Simulated(std::fs::File::from(fd)),
+                Resource::PhcDevice { writable: false } => {
+                    let clock = strata_sys::KernelClock::of_phc(&fd);
+                    clock.now_ns().map_err(|e| format!("reading the PHC: {e}"))?;
+                    time = TimeSource::Phc { _device: std::fs::File::from(fd), clock };
+                }
                 other => return Err(format!("the engine takes no {other:?}")),
             }
         }

@@ -182,11 +182,25 @@ pub fn system_now_ns() -> i64 {
 pub enum TimeSource {
     System,
     Simulated(std::fs::File),
+    /// The PTP hardware clock the adjuster disciplines (the device stays open for
+    /// its dynamic clock id to stay valid).
+    Phc {
+        _device: std::fs::File,
+        clock: strata_sys::KernelClock,
+    },
 }
 
 impl TimeSource {
     /// The served clock minus the system clock at `system_ns`, seconds.
     pub fn offset_s(&self, system_ns: i64) -> f64 {
+        if let TimeSource::Phc { clock, .. } = self {
+            // PHC minus system, read between two system readings: the PHC's own
+            // read latency is then split evenly.
+            let before = system_now_ns();
+            let Ok(phc) = clock.now_ns() else { return 0.0 };
+            let after = system_now_ns();
+            return (phc - (before + (after - before) / 2)) as f64 * 1e-9;
+        }
         let TimeSource::Simulated(file) = self else { return 0.0 };
         let mut record = [0u8; strata_proto::clock_model::RECORD_LEN];
         // A torn read (the adjuster writing at that moment) is retried.

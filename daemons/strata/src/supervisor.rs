@@ -118,6 +118,7 @@ struct Supervisor {
     /// The simulated clock's model file, opened once: read-write for the adjuster,
     /// read-only for the engine.
     clock_model: Option<(OwnedFd, OwnedFd)>,
+    phc: Option<(OwnedFd, OwnedFd)>,
     steps: StepLedger,
     /// Every upstream with the address it is polled at (a pool gives several).
     upstreams: Vec<(strata_config::Upstream, std::net::SocketAddr)>,
@@ -200,6 +201,13 @@ impl Supervisor {
                 open_clock_model(path).map_err(|source| StartError::ClockModel { path: path.to_owned(), source })?,
             ),
         };
+        // The PHC to discipline: read-write for the adjuster, read-only for the engine.
+        let phc = match config.clock.backend.phc_path() {
+            None => None,
+            Some(path) => {
+                Some(open_phc(path).map_err(|source| StartError::ClockModel { path: path.to_owned(), source })?)
+            }
+        };
 
         // Host names, through the unprivileged resolver helper, while we can still
         // start it under the engine's user.
@@ -232,6 +240,7 @@ impl Supervisor {
                 links: HashMap::new(),
                 next_link: 1,
                 clock_model,
+                phc,
                 steps,
                 upstreams,
             },
@@ -499,6 +508,16 @@ impl Supervisor {
         if slot.role == Role::Ntp {
             for (resource, fd) in &self.resources {
                 channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
+            }
+        }
+        if let Some((read_write, read_only)) = &self.phc {
+            let fd = match slot.role {
+                Role::Adjust => Some((true, read_write)),
+                Role::Ntp => Some((false, read_only)),
+                _ => None,
+            };
+            if let Some((writable, fd)) = fd {
+                channel.send(&SupervisorToChild::Resource(Resource::PhcDevice { writable }), Some(fd.as_fd()))?;
             }
         }
         if let Some((read_write, read_only)) = &self.clock_model {
@@ -807,6 +826,14 @@ fn read_driftfile(path: &Path) -> Option<(f64, f64)> {
             None
         }
     }
+}
+
+/// A PTP hardware clock device: Linux ≥ 6.15 requires it open for writing to
+/// adjust it; the engine's copy is read-only (it only reads the time).
+fn open_phc(path: &Path) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let read_write = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let read_only = std::fs::File::open(path)?;
+    Ok((read_write.into(), read_only.into()))
 }
 
 /// The model file of the simulated clock: created empty if missing (the adjuster

@@ -301,6 +301,17 @@ impl KernelClock {
         unsafe { std::mem::zeroed() }
     }
 
+    /// The clock's time, ns since the Unix epoch (clock_gettime).
+    pub fn now_ns(&self) -> io::Result<i64> {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, exclusively borrowed timespec the kernel fills in.
+        let rc = unsafe { libc::clock_gettime(self.id, &mut ts) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
+    }
+
     /// Read the clock's state; changes nothing (modes = 0).
     pub fn read(&self) -> io::Result<KernelClockState> {
         let mut tx = KernelClock::blank();
