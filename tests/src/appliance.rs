@@ -49,12 +49,17 @@ impl Appliance {
     /// The most general start: `server` replaces the whole `[server]` table (the
     /// default serves local stratum 1 on a free loopback port to loopback clients).
     pub fn start_custom(name: &str, extra_supervisor: &str, server: Option<&str>, uid: Option<u32>) -> Appliance {
-        Appliance::start_full(name, extra_supervisor, server, "backend = \"none\"", uid)
+        Appliance::start_full(name, extra_supervisor, server, "backend = \"none\"", uid, &[])
+    }
+
+    /// With these environment variables (e.g. systemd's NOTIFY_SOCKET).
+    pub fn start_with_env(name: &str, env: &[(&str, String)]) -> Appliance {
+        Appliance::start_full(name, "", None, "backend = \"none\"", None, env)
     }
 
     /// With this `[clock]` table body (e.g. `backend = "simulated:/path"`).
     pub fn start_with_clock(name: &str, server: Option<&str>, clock: &str) -> Appliance {
-        Appliance::start_full(name, "", server, clock, None)
+        Appliance::start_full(name, "", server, clock, None, &[])
     }
 
     fn start_full(
@@ -63,6 +68,7 @@ impl Appliance {
         server: Option<&str>,
         clock: &str,
         uid: Option<u32>,
+        env: &[(&str, String)],
     ) -> Appliance {
         ensure_built();
         let dir = scratch_dir(name);
@@ -95,6 +101,7 @@ impl Appliance {
                 c
             }
         };
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         let supervisor = command
             .arg("run")
             .arg("--config")

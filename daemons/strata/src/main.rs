@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod notify;
 mod resolve;
 mod status;
 mod supervisor;

@@ -122,6 +122,7 @@ struct Supervisor {
     steps: StepLedger,
     /// Every upstream with the address it is polled at (a pool gives several).
     upstreams: Vec<(strata_config::Upstream, std::net::SocketAddr)>,
+    notifier: crate::notify::Notifier,
 }
 
 pub fn run(config_path: &Path) -> ExitCode {
@@ -145,6 +146,7 @@ impl Supervisor {
             .map(Path::to_path_buf)
             .ok_or_else(|| StartError::Binaries(std::io::ErrorKind::NotFound.into()))?;
         strata_sys::close_descriptors_above(2).map_err(StartError::Sanitise)?;
+        let notifier = crate::notify::Notifier::from_environment();
         strata_sys::clear_environment();
 
         // 2. Validate.
@@ -243,6 +245,7 @@ impl Supervisor {
                 phc,
                 steps,
                 upstreams,
+                notifier,
             },
             signals,
         ))
@@ -253,7 +256,7 @@ impl Supervisor {
         let mut buf = vec![0u8; MAX_FRAME];
         self.spawn_due();
         loop {
-            let next = self.slots.iter().filter_map(|s| s.respawn_at).min();
+            let next = self.slots.iter().filter_map(|s| s.respawn_at).chain(self.notifier.next_watchdog()).min();
             let timeout = match next {
                 None => PollTimeout::NONE,
                 Some(at) => {
@@ -311,6 +314,7 @@ impl Supervisor {
                 return self.stop(ExitCode::FAILURE);
             }
             self.spawn_due();
+            self.notifier.watchdog();
         }
     }
 
@@ -436,6 +440,9 @@ impl Supervisor {
             Ok(Some(ChildToSupervisor::Linked { peer, link })) => {
                 instance.linked.insert(peer, link);
                 self.publish();
+                if self.all_linked() {
+                    self.notifier.ready("every process ready and linked");
+                }
             }
             Ok(Some(ChildToSupervisor::Unlinked { peer, link, reason })) => {
                 if instance.linked.get(&peer) == Some(&link) {
@@ -644,6 +651,7 @@ impl Supervisor {
     /// Stop the children in reverse start order; SIGKILL those that do not exit in time.
     fn stop(&mut self, code: ExitCode) -> ExitCode {
         self.stopping = true;
+        self.notifier.stopping();
         self.publish();
         for role in Role::CHILDREN.iter().rev() {
             let Some(i) = self.slots.iter().position(|s| s.role == *role) else {
@@ -676,6 +684,15 @@ impl Supervisor {
         self.publish();
         info!("appliance stopped");
         code
+    }
+
+    /// Every child ready and linked with all its peers.
+    fn all_linked(&self) -> bool {
+        self.slots.iter().all(|s| {
+            s.instance
+                .as_ref()
+                .is_some_and(|x| matches!(x.phase, Phase::Ready) && x.linked.len() == s.role.peers().count())
+        })
     }
 
     fn publish(&self) {
