@@ -40,6 +40,22 @@ fn start(access: &[&str], ratelimit: Option<RateLimitSettings>, client_log_limit
 }
 
 impl Server {
+    /// The counters once every request received so far is accounted for: a serving
+    /// thread counts a reply after sendmmsg returns, which can be after the client
+    /// already has it.
+    fn settled_stats(&self, received: u64) -> strata_proto::ipc::ServerStats {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.status().server;
+            let accounted = s.answered + s.malformed + s.not_client + s.denied + s.rate_limited + s.send_failed;
+            if s.received >= received && accounted == s.received {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "counters never settled: {s:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Ask the engine for its counters, as the control plane does.
     fn status(&self) -> EngineStatus {
         self.control.send(&ControlToEngine::ReadStatus, None).unwrap();
@@ -112,7 +128,7 @@ fn bad_requests_are_dropped_and_counted_and_good_ones_answered() {
     assert_eq!(reply[0] & 7, 4);
     assert_eq!(&reply[24..32], &7u64.to_be_bytes());
 
-    let stats = server.status().server;
+    let stats = server.settled_stats((malformed.len() + not_client.len() + 1) as u64);
     assert_eq!(stats.malformed, malformed.len() as u64, "{stats:?}");
     assert_eq!(stats.not_client, not_client.len() as u64, "{stats:?}");
     assert_eq!(stats.answered, 1, "{stats:?}");
@@ -128,7 +144,7 @@ fn access_rules_decide_who_is_answered() {
     let allowed = UdpSocket::bind("127.0.0.3:0").unwrap();
     assert_eq!(exchange(&denied, server.address, &client_request(1), Duration::from_millis(300)), None);
     assert!(exchange(&allowed, server.address, &client_request(2), Duration::from_secs(2)).is_some());
-    let stats = server.status().server;
+    let stats = server.settled_stats(2);
     assert_eq!((stats.denied, stats.answered), (1, 1), "{stats:?}");
 }
 
@@ -171,7 +187,7 @@ fn a_client_far_above_its_rate_gets_its_share_and_kisses_while_others_are_served
     assert!(answers <= 4 + 2 + sent / 3, "answers {answers} of {sent}: not limited");
     assert!(kisses > sent / 8, "kisses {kisses}");
     assert_eq!(polite_answers, 4, "the polite client was limited");
-    let stats = server.status().server;
+    let stats = server.settled_stats(sent + 4);
     assert_eq!(stats.kod_sent, kisses, "{stats:?}");
     assert_eq!(stats.rate_limited, sent - answers, "{stats:?}");
 }
