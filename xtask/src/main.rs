@@ -9,10 +9,15 @@
 //!   (proto/fuzz, see its README.md); fails on any crashing input.
 //! - `cargo xtask sim [--scenario NAME] [--seed N]`: strata-sync's filter, selection
 //!   and discipline against a deterministic simulated world, one table (BENCHMARKS.md).
+//! - `cargo xtask install --destdir DIR [--release | --bin-dir DIR]`: install exactly
+//!   deploy/manifest.toml under DIR, with the install record `strata audit` checks.
+//! - `cargo xtask deb [--release | --bin-dir DIR] [--out DIR]`: the same as a Debian package.
 #![forbid(unsafe_code)]
 
 mod bench;
+mod deb;
 mod fuzz;
+mod install;
 mod sim;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +27,8 @@ use std::process::{Command, ExitCode};
 const PACKAGES: &[(&str, &str)] = &[
     // systemd-sysusers creates the appliance's users from deploy/sysusers.d.
     ("systemd-sysusers", "systemd"),
+    // The install tests: `systemd-analyze verify` and `security` on the unit.
+    ("systemd-analyze", "systemd"),
     ("python3", "python3"),
     // Real peers: upstream/cross-check server (`chronyd -x`) and client (`chronyd -Q`).
     ("chronyd", "chrony"),
@@ -37,8 +44,10 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("sim") => sim::main(&args[1..]),
+        Some("install") => install::main(&args[1..]),
+        Some("deb") => deb::main(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet|sim>");
+            eprintln!("usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet|sim|install --destdir DIR|deb>");
             return ExitCode::from(2);
         }
     };

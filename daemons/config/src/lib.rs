@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod chrony;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

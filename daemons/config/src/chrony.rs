@@ -1,0 +1,962 @@
+//! `strata import-chrony`: a chrony.conf (chrony.conf(5), chrony 4.3) turned into
+//! strata's TOML, sans I/O. Every directive is either converted, with a comment naming
+//! its chrony line above the TOML it became, or listed in [`Import::unsupported`] with
+//! its line and the reason; so is every option strata lacks on a converted line.
+//!
+//! chrony's syntax, as its `CPS_NormalizeLine` reads it: one directive per line, words
+//! separated by white space, directive and option names case-insensitive, a line whose
+//! first non-blank character is `!`, `;`, `#` or `%` is a comment (there are no trailing
+//! comments and no continuation lines). A line chronyd itself would refuse (unknown
+//! option, missing or malformed value) is listed, not guessed at.
+//!
+//! The output is meant to pass `strata check-config` whatever the input: every value
+//! is checked here against strata's own types before it is written.
+
+use std::net::IpAddr;
+
+use crate::access::AccessList;
+use crate::{Burst, ClientLogLimit, Leak, NtpVersion, PollLog2, RateInterval, Stratum, UpstreamAddress};
+
+/// What became of a chrony.conf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Import {
+    /// strata's configuration, commented.
+    pub toml: String,
+    /// Directives (or options of a directive) that were not converted, in line order.
+    pub unsupported: Vec<Unsupported>,
+}
+
+/// One directive, or one option of it, left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    /// 1-based line in the chrony.conf.
+    pub line: usize,
+    /// The chrony directive, lower case (`refclock`, `server`, ...).
+    pub directive: String,
+    pub reason: String,
+}
+
+const ONE_FILE: &str = "strata reads one file";
+const LOGS: &str = "strata's logs: not yet";
+const REFCLOCK: &str = "refclocks arrive with the refclock reader (issue 5)";
+const CONTROL: &str = "the control plane is configured in strata's [control] (not yet)";
+const NTS: &str = "strata has no NTS yet (neither as a server nor towards its upstreams)";
+const RTC: &str = "strata does not track, trim or set the real-time clock (RTC)";
+const SELECTION: &str = "strata's source selection has no such setting: its fixed behaviour applies";
+const OBSOLETE: &str = "obsolete: chrony 4 ignores it too";
+
+/// Why a chrony directive that strata has no key for is left out.
+fn unsupported_directive(directive: &str) -> &'static str {
+    match directive {
+        "include" | "confdir" | "sourcedir" => ONE_FILE,
+        "refclock" => REFCLOCK,
+        "cmdallow" | "cmddeny" | "cmdport" | "bindcmdaddress" | "bindcmddevice" | "cmdratelimit" => CONTROL,
+        "log" | "logdir" | "logbanner" | "logchange" => LOGS,
+        "mailonchange" => "strata sends no mail: alarms go to its log and to status.json",
+        "rtcsync" => "strata does not turn on the kernel's RTC synchronisation (11-minute mode); the RTC is left alone",
+        "rtcfile" | "rtcdevice" | "rtconutc" | "rtcautotrim" | "hwclockfile" => RTC,
+        "hwtimestamp" => {
+            "strata takes receive timestamps from the kernel (SO_TIMESTAMPNS); NIC hardware timestamping is not \
+             supported"
+        }
+        "keyfile" => "strata has no symmetric-key NTP authentication, so no key file",
+        "ntsserverkey" | "ntsservercert" | "ntsport" | "ntsprocesses" | "maxntsconnections" | "ntsdumpdir"
+        | "ntsntpserver" | "ntsrotate" | "ntsratelimit" | "ntstrustedcerts" | "nosystemcert" | "nocerttimecheck"
+        | "ntsrefresh" => NTS,
+        "authselectmode" => "strata has no NTP authentication, so nothing to select on",
+        "peer" => "strata has no symmetric (peer) mode, only client/server",
+        "initstepslew" => "strata has no initstepslew: `makestep` with a limit steps the clock at start",
+        "manual" => "strata takes no manual time input",
+        "broadcast" => "strata does not send NTP broadcasts",
+        "user" => "strata runs each process as its own user: set them in [users]",
+        "pidfile" => "strata writes no pid file: its processes' pids are in <runtime-dir>/status.json",
+        "dumpdir" => "strata does not save measurement histories across restarts",
+        "lock_all" => "strata does not lock its memory",
+        "sched_priority" => "strata does not change its scheduling priority",
+        "smoothtime" => "strata serves its clock's time unsmoothed",
+        "maxslewrate" => "the adjuster slews at a fixed 500 ppm, set by its compiled-in policy (policy/clock.toml)",
+        "maxdrift" => "the adjuster refuses frequencies beyond 500 ppm, by its compiled-in policy (policy/clock.toml)",
+        "maxchange" => "the adjuster's panic threshold, in its compiled-in policy (policy/clock.toml), plays this role",
+        "maxupdateskew" | "maxclockerror" | "corrtimeratio" | "clockprecision" => {
+            "strata's discipline has no such setting: its fixed behaviour applies"
+        }
+        "fallbackdrift" => "strata has no fallback drifts",
+        "tempcomp" => "strata has no temperature compensation",
+        "combinelimit" | "maxdistance" | "maxjitter" | "reselectdist" | "stratumweight" => SELECTION,
+        "minsamples" | "maxsamples" => "strata's clock filter keeps a fixed number of samples",
+        "leapsectz" => "strata takes leap seconds from its sources only, not from the time-zone database",
+        "acquisitionport" | "bindacqaddress" | "bindacqdevice" => {
+            "strata's upstream sockets use an ephemeral port on the default address"
+        }
+        "binddevice" => "strata binds addresses, not devices: put the interface's address in [server] listen",
+        "dscp" => "strata does not set DSCP on its packets",
+        "noclientlog" => "strata always keeps the client log (size it with [server] client-log-limit)",
+        "ntpsigndsocket" => "strata has no MS-SNTP signing (Samba)",
+        "ptpport" => "strata does not carry NTP over PTP",
+        "commandkey" | "generatecommandkey" | "linux_hz" | "linux_freq_scale" => OBSOLETE,
+        _ => "unknown directive",
+    }
+}
+
+/// Why an option of `server`/`pool` that strata lacks is left out (the source itself
+/// is converted without it).
+fn unsupported_source_option(option: &str) -> Option<&'static str> {
+    Some(match option {
+        "burst" => "strata sends one request per poll",
+        "offline" | "auto_offline" => "strata polls from the start and has no offline state",
+        "xleave" => "strata has no interleaved mode",
+        "copy" => "strata does not copy the server's reference",
+        "maxdelayratio" | "maxdelaydevratio" | "maxdelayquant" | "mindelay" => "strata's delay test is `maxdelay` only",
+        "asymmetry" | "offset" => "strata assumes a symmetric path with no fixed offset",
+        "minsamples" | "maxsamples" | "filter" => "strata's clock filter keeps a fixed number of samples",
+        "polltarget" => "strata's poll adapts without a target",
+        "presend" => "strata sends no presend request",
+        "minstratum" => "strata uses the stratum the server reports",
+        "extfield" => "strata sends no NTP extension fields",
+        "certset" | "ntsport" => NTS,
+        _ => return None,
+    })
+}
+
+/// Options of `server`/`pool` that take a value (chrony.conf(5)), so that the value
+/// is not read as the next option.
+fn takes_value(option: &str) -> bool {
+    matches!(
+        option,
+        "minpoll"
+            | "maxpoll"
+            | "key"
+            | "maxdelay"
+            | "maxdelayratio"
+            | "maxdelaydevratio"
+            | "maxdelayquant"
+            | "mindelay"
+            | "asymmetry"
+            | "offset"
+            | "minsamples"
+            | "maxsamples"
+            | "filter"
+            | "polltarget"
+            | "port"
+            | "ntsport"
+            | "presend"
+            | "minstratum"
+            | "version"
+            | "extfield"
+            | "maxsources"
+            | "certset"
+    )
+}
+
+/// A converted item: the comments above it (its chrony line, what was left out) and
+/// its TOML.
+struct Item {
+    comments: Vec<String>,
+    toml: String,
+}
+
+impl Item {
+    fn new(line: &Line<'_>, toml: String) -> Item {
+        Item { comments: vec![line.comment()], toml }
+    }
+}
+
+/// One meaningful line of the chrony.conf.
+struct Line<'a> {
+    number: usize,
+    text: &'a str,
+    directive: String,
+    args: Vec<&'a str>,
+}
+
+impl Line<'_> {
+    fn comment(&self) -> String {
+        format!("line {}: {}", self.number, comment_text(self.text))
+    }
+}
+
+#[derive(Default)]
+struct Importer {
+    makestep: Option<Item>,
+    minsources: Option<Item>,
+    driftfile: Option<Item>,
+    leapsecmode: Option<Item>,
+    local_stratum: Option<Item>,
+    ratelimit: Option<Item>,
+    client_log_limit: Option<Item>,
+    /// `port` and `bindaddress`: the comment and the value of each.
+    port: Option<(String, u16)>,
+    bind_v4: Option<(String, IpAddr)>,
+    bind_v6: Option<(String, IpAddr)>,
+    /// `allow`/`deny` in order: the comment, the rule.
+    access: Vec<(String, String)>,
+    upstreams: Vec<Item>,
+    /// Whole lines left out: the comment, the reason.
+    left_out: Vec<(String, String)>,
+    unsupported: Vec<Unsupported>,
+}
+
+/// Convert a chrony.conf; the header calls it "chrony.conf".
+pub fn import(text: &str) -> Import {
+    import_from(text, "chrony.conf")
+}
+
+/// Convert a chrony.conf; `source` names it in the header comment.
+pub fn import_from(text: &str, source: &str) -> Import {
+    let mut importer = Importer::default();
+    for (index, text) in text.lines().enumerate() {
+        let mut words = text.split(is_chrony_space).filter(|w| !w.is_empty());
+        let Some(first) = words.next() else { continue };
+        if first.starts_with(['!', ';', '#', '%']) {
+            continue;
+        }
+        let line =
+            Line { number: index + 1, text: text.trim(), directive: first.to_ascii_lowercase(), args: words.collect() };
+        importer.directive(&line);
+    }
+    importer.finish(source)
+}
+
+/// `isspace` in the C locale, as chrony splits words.
+fn is_chrony_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+impl Importer {
+    fn left_out(&mut self, line: &Line<'_>, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.left_out.push((line.comment(), reason.clone()));
+        self.unsupported.push(Unsupported { line: line.number, directive: line.directive.clone(), reason });
+    }
+
+    /// chronyd would refuse this line: nothing to convert.
+    fn invalid(&mut self, line: &Line<'_>, why: impl std::fmt::Display) {
+        self.left_out(line, format!("not valid chrony: {why}"));
+    }
+
+    /// An option of a converted line is left out.
+    fn option_left_out(&mut self, line: &Line<'_>, item: &mut Item, reason: String) {
+        item.comments.push(format!("  not converted: {}", comment_text(&reason)));
+        self.unsupported.push(Unsupported { line: line.number, directive: line.directive.clone(), reason });
+    }
+
+    fn directive(&mut self, line: &Line<'_>) {
+        match line.directive.as_str() {
+            "server" => self.source(line, false),
+            "pool" => self.source(line, true),
+            "makestep" => self.makestep(line),
+            "driftfile" => match line.args[..] {
+                [path] => set(&mut self.driftfile, Item::new(line, format!("driftfile = {}", toml_string(path)))),
+                _ => self.invalid(line, "`driftfile` takes one file"),
+            },
+            "minsources" => match line.args[..] {
+                [n] => match n.parse::<u8>() {
+                    Ok(n) => set(&mut self.minsources, Item::new(line, format!("minsources = {n}"))),
+                    Err(_) => self.invalid(line, format!("`{n}` is not a number of sources")),
+                },
+                _ => self.invalid(line, "`minsources` takes one number"),
+            },
+            "leapsecmode" => match line.args[..] {
+                [mode] => {
+                    let mode = mode.to_ascii_lowercase();
+                    if matches!(mode.as_str(), "system" | "step" | "slew" | "ignore") {
+                        set(&mut self.leapsecmode, Item::new(line, format!("leapsecmode = \"{mode}\"")));
+                    } else {
+                        self.invalid(line, "the mode is one of system, step, slew, ignore");
+                    }
+                }
+                _ => self.invalid(line, "`leapsecmode` takes one mode"),
+            },
+            "allow" | "deny" => {
+                // strata's access rules take chrony's syntax: the line as written.
+                let rule =
+                    std::iter::once(line.directive.as_str()).chain(line.args.iter().copied()).collect::<Vec<_>>();
+                let rule = rule.join(" ");
+                match AccessList::parse(std::slice::from_ref(&rule)) {
+                    Ok(_) => self.access.push((line.comment(), rule)),
+                    Err(e) => self.left_out(line, format!("strata's access rules: {}", e.kind)),
+                }
+            }
+            "local" => self.local(line),
+            "ratelimit" => self.ratelimit(line),
+            "clientloglimit" => match line.args[..] {
+                [n] => match n.parse::<i64>().map_err(|_| format!("`{n}` is not a number")) {
+                    Ok(bytes) => match ClientLogLimit::try_from(bytes) {
+                        Ok(_) => {
+                            set(&mut self.client_log_limit, Item::new(line, format!("client-log-limit = {bytes}")))
+                        }
+                        Err(e) => self.left_out(line, format!("strata: {e}")),
+                    },
+                    Err(e) => self.invalid(line, e),
+                },
+                _ => self.invalid(line, "`clientloglimit` takes one number of bytes"),
+            },
+            "port" => match line.args[..] {
+                [port] => match port.parse::<u16>() {
+                    Ok(port) => self.port = Some((line.comment(), port)),
+                    Err(_) => self.invalid(line, format!("`{port}` is not a port")),
+                },
+                _ => self.invalid(line, "`port` takes one port"),
+            },
+            "bindaddress" => match line.args[..] {
+                [address] => match address.parse::<IpAddr>() {
+                    Ok(ip @ IpAddr::V4(_)) => self.bind_v4 = Some((line.comment(), ip)),
+                    Ok(ip @ IpAddr::V6(_)) => self.bind_v6 = Some((line.comment(), ip)),
+                    Err(_) => self.invalid(line, format!("`{address}` is not an IP address")),
+                },
+                _ => self.invalid(line, "`bindaddress` takes one address"),
+            },
+            other => {
+                let reason = unsupported_directive(other);
+                self.left_out(line, reason);
+            }
+        }
+    }
+
+    /// `server ADDRESS [option]...` and `pool NAME [option]...` → one `[[upstream]]`.
+    fn source(&mut self, line: &Line<'_>, pool: bool) {
+        let Some((&address, options)) = line.args.split_first() else {
+            return self.invalid(line, format!("`{}` needs a name or address", line.directive));
+        };
+        let mut keys = Vec::new();
+        let mut port = None;
+        let mut left_out = Vec::new();
+        let mut words = options.iter();
+        while let Some(&word) = words.next() {
+            let option = word.to_ascii_lowercase();
+            if matches!(option.as_str(), "iburst" | "prefer" | "noselect" | "trust" | "require") {
+                keys.push(format!("{option} = true"));
+                continue;
+            }
+            if matches!(option.as_str(), "key" | "nts") {
+                // Converting it without would trust an unauthenticated server.
+                return self.left_out(
+                    line,
+                    format!(
+                        "an authenticated source (`{option}`): strata has no NTP authentication yet, and without it \
+                         the server would be trusted unauthenticated"
+                    ),
+                );
+            }
+            let value = if takes_value(&option) {
+                match words.next() {
+                    Some(&value) => Some(value),
+                    None => return self.invalid(line, format!("`{option}` needs a value")),
+                }
+            } else {
+                None
+            };
+            let parsed = match (option.as_str(), value) {
+                ("minpoll" | "maxpoll", Some(v)) => int(v).map(|v| {
+                    PollLog2::try_from(v).map(|_| format!("{option} = {v}")).map_err(|e| format!("strata: {e}"))
+                }),
+                ("version", Some(v)) => int(v).map(|v| {
+                    NtpVersion::try_from(v).map(|_| format!("version = {v}")).map_err(|e| format!("strata: {e}"))
+                }),
+                ("maxsources", Some(v)) => int(v).map(|v| {
+                    if !pool {
+                        Err("only a pool has several sources".to_string())
+                    } else if (1..=16).contains(&v) {
+                        Ok(format!("maxsources = {v}"))
+                    } else {
+                        Err(format!("maxsources must be between 1 and 16, not {v}"))
+                    }
+                }),
+                ("maxdelay", Some(v)) => float(v).map(|v| {
+                    if v >= 0.0 {
+                        Ok(format!("maxdelay = {}", toml_float(v)))
+                    } else {
+                        Err(format!("strata: maxdelay must be at least 0 s, not {v}"))
+                    }
+                }),
+                ("port", Some(v)) => int(v).map(|v| match u16::try_from(v) {
+                    Ok(p) if p > 0 => {
+                        port = Some(p);
+                        Ok(String::new())
+                    }
+                    _ => Err(format!("`{v}` is not a port")),
+                }),
+                (other, _) => match unsupported_source_option(other) {
+                    Some(why) => Ok(Err(why.to_string())),
+                    None => return self.invalid(line, format!("unknown option `{word}`")),
+                },
+            };
+            match parsed {
+                Ok(Ok(key)) if !key.is_empty() => keys.push(key),
+                Ok(Ok(_)) => {}
+                Ok(Err(why)) => left_out.push(format!("option `{option}`: {why}")),
+                Err(why) => return self.invalid(line, format!("`{option}`: {why}")),
+            }
+        }
+        let written = match (address.parse::<IpAddr>(), port) {
+            (Ok(IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),
+            (Ok(_), None) => address.to_string(),
+            (_, Some(port)) => format!("{address}:{port}"),
+            (Err(_), None) if address.contains(':') => {
+                return self.left_out(line, format!("strata: {address:?} is neither an IP address nor a host name"));
+            }
+            (Err(_), None) => address.to_string(),
+        };
+        if let Err(e) = UpstreamAddress::try_from(written.clone()) {
+            return self.left_out(line, format!("strata: {e}"));
+        }
+        let mut toml = format!("address = {}\n", toml_string(&written));
+        if pool {
+            toml.push_str("pool = true\n");
+        }
+        for key in keys {
+            toml.push_str(&key);
+            toml.push('\n');
+        }
+        let mut item = Item::new(line, toml.trim_end().to_string());
+        for reason in left_out {
+            self.option_left_out(line, &mut item, reason);
+        }
+        self.upstreams.push(item);
+    }
+
+    /// `makestep THRESHOLD LIMIT`.
+    fn makestep(&mut self, line: &Line<'_>) {
+        let [threshold, limit] = line.args[..] else {
+            return self.invalid(line, "`makestep` takes a threshold and a limit");
+        };
+        match (float(threshold), limit.parse::<i32>()) {
+            (Ok(threshold), Ok(limit)) if threshold >= 0.0 => set(
+                &mut self.makestep,
+                Item::new(line, format!("makestep = {{ threshold = {}, limit = {limit} }}", toml_float(threshold))),
+            ),
+            (Ok(_), Ok(_)) => self.left_out(line, "strata: the threshold must be a finite number of seconds, >= 0"),
+            (Err(why), _) => self.invalid(line, format!("threshold: {why}")),
+            (_, Err(_)) => self.invalid(line, format!("`{limit}` is not a number of updates")),
+        }
+    }
+
+    /// `local [stratum N] [orphan] [distance D] ...`: strata knows the stratum only.
+    fn local(&mut self, line: &Line<'_>) {
+        let mut stratum = 10; // chrony's default
+        let mut left_out = Vec::new();
+        let mut words = line.args.iter();
+        while let Some(&word) = words.next() {
+            let option = word.to_ascii_lowercase();
+            match option.as_str() {
+                "orphan" => left_out.push("option `orphan`: strata has no orphan mode".to_string()),
+                "stratum" | "distance" | "activate" | "waitsynced" | "waitunsynced" => {
+                    let Some(&value) = words.next() else {
+                        return self.invalid(line, format!("`{option}` needs a value"));
+                    };
+                    if option == "stratum" {
+                        match int(value) {
+                            Ok(n) if Stratum::try_from(n).is_ok() => stratum = n,
+                            Ok(_) | Err(_) => return self.invalid(line, "the stratum is a number from 1 to 15"),
+                        }
+                    } else if let Err(why) = float(value) {
+                        return self.invalid(line, format!("`{option}`: {why}"));
+                    } else {
+                        left_out.push(format!(
+                            "option `{option}`: strata serves its local stratum as soon as it has no selected source"
+                        ));
+                    }
+                }
+                _ => return self.invalid(line, format!("unknown option `{word}`")),
+            }
+        }
+        let mut item = Item::new(line, format!("local-stratum = {stratum}"));
+        for reason in left_out {
+            self.option_left_out(line, &mut item, reason);
+        }
+        set(&mut self.local_stratum, item);
+    }
+
+    /// `ratelimit [interval I] [burst B] [leak L]`, chrony's defaults for the rest.
+    fn ratelimit(&mut self, line: &Line<'_>) {
+        let (mut interval, mut burst, mut leak) = (3, 8, 2);
+        let mut left_out = Vec::new();
+        let mut words = line.args.iter();
+        while let Some(&word) = words.next() {
+            let option = word.to_ascii_lowercase();
+            if !matches!(option.as_str(), "interval" | "burst" | "leak") {
+                return self.invalid(line, format!("unknown option `{word}`"));
+            }
+            let value = match words.next().map(|v| int(v)) {
+                Some(Ok(value)) => value,
+                Some(Err(why)) => return self.invalid(line, format!("`{option}`: {why}")),
+                None => return self.invalid(line, format!("`{option}` needs a value")),
+            };
+            let checked = match option.as_str() {
+                "interval" => RateInterval::try_from(value).map(|_| interval = value),
+                "burst" => Burst::try_from(value).map(|_| burst = value),
+                _ => Leak::try_from(value).map(|_| leak = value),
+            };
+            if let Err(e) = checked {
+                left_out.push(format!("option `{option}`: strata: {e}; chrony's default kept"));
+            }
+        }
+        let mut item =
+            Item::new(line, format!("ratelimit = {{ interval = {interval}, burst = {burst}, leak = {leak} }}"));
+        for reason in left_out {
+            self.option_left_out(line, &mut item, reason);
+        }
+        set(&mut self.ratelimit, item);
+    }
+
+    fn finish(self, source: &str) -> Import {
+        let mut out = format!(
+            "# strata configuration imported from {} by `strata import-chrony`.\n\
+             # Above each item: the chrony.conf line it comes from. Lines that could not be\n\
+             # converted are listed at the end.\n",
+            comment_text(source)
+        );
+        out.push_str("\n[clock]\n# chrony steers the system clock; so does this backend.\nbackend = \"system\"\n");
+        for item in [self.makestep, self.minsources, self.driftfile, self.leapsecmode].into_iter().flatten() {
+            push_item(&mut out, &item);
+        }
+
+        let mut server = String::new();
+        if self.port.is_some() || self.bind_v4.is_some() || self.bind_v6.is_some() {
+            let port = self.port.as_ref().map_or(123, |(_, port)| *port);
+            let mut comments: Vec<&str> = Vec::new();
+            for (comment, _) in [&self.port].into_iter().flatten() {
+                comments.push(comment);
+            }
+            for (comment, _) in [&self.bind_v4, &self.bind_v6].into_iter().flatten() {
+                comments.push(comment);
+            }
+            let toml = if port == 0 {
+                comments.push("  port 0: chrony serves no client");
+                "listen = []".to_string()
+            } else {
+                let v4 = self.bind_v4.as_ref().map_or(IpAddr::from([0, 0, 0, 0]), |(_, ip)| *ip);
+                let v6 = self.bind_v6.as_ref().map_or(IpAddr::from([0u16; 8]), |(_, ip)| *ip);
+                let v4 = std::net::SocketAddr::new(v4, port).to_string();
+                let v6 = std::net::SocketAddr::new(v6, port).to_string();
+                format!("listen = [{}, {}]", toml_string(&v4), toml_string(&v6))
+            };
+            push_item(&mut server, &Item { comments: comments.into_iter().map(String::from).collect(), toml });
+        }
+        if let Some(item) = &self.local_stratum {
+            push_item(&mut server, item);
+        }
+        if !self.access.is_empty() {
+            server.push_str("# chrony's allow/deny lines, in order.\naccess = [\n");
+            for (comment, rule) in &self.access {
+                server.push_str(&format!("    # {comment}\n    {},\n", toml_string(rule)));
+            }
+            server.push_str("]\n");
+        }
+        for item in [&self.ratelimit, &self.client_log_limit].into_iter().flatten() {
+            push_item(&mut server, item);
+        }
+        if !server.is_empty() {
+            out.push_str("\n[server]\n");
+            out.push_str(&server);
+        }
+
+        for item in &self.upstreams {
+            out.push_str("\n[[upstream]]\n");
+            push_item(&mut out, item);
+        }
+
+        if !self.left_out.is_empty() {
+            out.push_str("\n# Not converted:\n");
+            for (comment, reason) in &self.left_out {
+                out.push_str(&format!("# {comment}\n#   -> {}\n", comment_text(reason)));
+            }
+        }
+        let mut unsupported = self.unsupported;
+        unsupported.sort_by_key(|u| u.line);
+        Import { toml: out, unsupported }
+    }
+}
+
+/// chrony keeps the last of a directive given twice; the earlier line stays in the
+/// comments, marked.
+fn set(slot: &mut Option<Item>, mut item: Item) {
+    if let Some(old) = slot.take() {
+        let mut comments = old.comments;
+        if let Some(first) = comments.first_mut() {
+            first.push_str("  (replaced by a later line: chrony keeps the last)");
+        }
+        comments.append(&mut item.comments);
+        item.comments = comments;
+    }
+    *slot = Some(item);
+}
+
+fn push_item(out: &mut String, item: &Item) {
+    for comment in &item.comments {
+        out.push_str("# ");
+        out.push_str(comment);
+        out.push('\n');
+    }
+    out.push_str(&item.toml);
+    out.push('\n');
+}
+
+fn int(word: &str) -> Result<i64, String> {
+    word.parse::<i64>().map_err(|_| format!("`{word}` is not an integer"))
+}
+
+fn float(word: &str) -> Result<f64, String> {
+    match word.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("`{word}` is not a number")),
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn toml_float(v: f64) -> String {
+    toml::Value::Float(v).to_string()
+}
+
+/// Text that may go into a TOML comment: no control character but tab (TOML 1.0).
+fn comment_text(s: &str) -> String {
+    s.chars().map(|c| if (c.is_control() && c != '\t') || c == '\u{7f}' { '\u{fffd}' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{Config, LeapSecMode, MakeStep, RateLimitConfig};
+
+    /// Import `text` and parse the result as strata would: it must always be valid.
+    fn import_ok(text: &str) -> (Config, Import) {
+        let import = import(text);
+        let config = Config::from_str(&import.toml, Path::new("imported.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n--- input:\n{text}\n--- output:\n{}", import.toml));
+        (config, import)
+    }
+
+    fn reasons(import: &Import) -> Vec<(usize, &str, &str)> {
+        import.unsupported.iter().map(|u| (u.line, u.directive.as_str(), u.reason.as_str())).collect()
+    }
+
+    #[test]
+    fn a_server_with_every_option_strata_has() {
+        let (c, import) = import_ok(
+            "server 192.0.2.1 iburst minpoll 4 maxpoll 8 prefer noselect trust require maxdelay 0.5 version 3\n",
+        );
+        assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
+        let u = &c.upstream[0];
+        assert_eq!(u.address, UpstreamAddress::Ip("192.0.2.1:123".parse().unwrap()));
+        assert!(!u.pool && u.iburst && u.prefer && u.noselect && u.trust && u.require);
+        assert_eq!((u.minpoll, u.maxpoll, u.maxdelay, u.version), (PollLog2(4), PollLog2(8), 0.5, NtpVersion(3)));
+        assert!(import.toml.contains("# line 1: server 192.0.2.1 iburst"), "{}", import.toml);
+    }
+
+    #[test]
+    fn a_pool_keeps_its_maxsources_and_a_port_goes_into_the_address() {
+        let (c, _) = import_ok(
+            "pool pool.ntp.org iburst maxsources 3\nserver 2001:db8::1 port 1123\nserver ntp.example port 11\n",
+        );
+        assert!(c.upstream[0].pool);
+        assert_eq!(c.upstream[0].maxsources, 3);
+        assert_eq!(c.upstream[0].address, UpstreamAddress::Name { host: "pool.ntp.org".into(), port: 123 });
+        assert_eq!(c.upstream[1].address, UpstreamAddress::Ip("[2001:db8::1]:1123".parse().unwrap()));
+        assert_eq!(c.upstream[2].address, UpstreamAddress::Name { host: "ntp.example".into(), port: 11 });
+    }
+
+    #[test]
+    fn options_strata_lacks_are_named_and_the_server_is_kept() {
+        let (c, import) = import_ok("\n\nserver ntp.example iburst burst xleave maxsamples 8\n");
+        assert_eq!(c.upstream.len(), 1);
+        assert!(c.upstream[0].iburst);
+        let r = reasons(&import);
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(r.iter().all(|(line, directive, _)| *line == 3 && *directive == "server"));
+        for option in ["`burst`", "`xleave`", "`maxsamples`"] {
+            assert!(r.iter().any(|(_, _, reason)| reason.contains(option)), "{option}: {r:?}");
+            assert!(import.toml.contains(&format!("#   not converted: option {option}")), "{}", import.toml);
+        }
+    }
+
+    #[test]
+    fn an_authenticated_source_is_not_converted_into_an_unauthenticated_one() {
+        let (c, import) = import_ok("server a.example key 5\nserver b.example nts iburst\n");
+        assert!(c.upstream.is_empty());
+        let r = reasons(&import);
+        assert_eq!(r.len(), 2);
+        assert!(r[0].2.contains("`key`") && r[1].2.contains("`nts`"), "{r:?}");
+    }
+
+    #[test]
+    fn lines_chronyd_would_refuse_are_listed() {
+        let (c, import) = import_ok(
+            "server\nserver a.example minpoll\nserver a.example frobnicate\nmakestep 1\nmakestep x 3\n\
+             server bad_host!\nserver a.example minpoll 30\n",
+        );
+        let r = reasons(&import);
+        assert_eq!(r.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7], "{r:?}");
+        assert!(r[..5].iter().all(|r| r.2.starts_with("not valid chrony")), "{r:?}");
+        assert!(r[5].2.contains("neither an IP address nor a host name"), "{r:?}");
+        // Out of strata's range: the option goes, the server stays.
+        assert!(r[6].2.contains("`minpoll`") && r[6].2.contains("between -6 and 24"), "{r:?}");
+        assert_eq!(c.upstream.len(), 1);
+        assert_eq!(c.upstream[0].minpoll, PollLog2(6));
+    }
+
+    #[test]
+    fn clock_directives() {
+        let (c, import) =
+            import_ok("makestep 1.0 3\ndriftfile /var/lib/chrony/drift\nminsources 2\nleapsecmode slew\n");
+        assert!(import.unsupported.is_empty());
+        assert_eq!(c.clock.makestep, Some(MakeStep { threshold: 1.0, limit: 3 }));
+        assert_eq!(c.clock.driftfile.as_deref(), Some(Path::new("/var/lib/chrony/drift")));
+        assert_eq!(c.clock.minsources, 2);
+        assert_eq!(c.clock.leapsecmode, LeapSecMode::Slew);
+        assert_eq!(c.clock.backend.0, strata_proto::ipc::ClockBackendKind::System);
+        let (c, _) = import_ok("makestep 0.1 -1\n");
+        assert_eq!(c.clock.makestep, Some(MakeStep { threshold: 0.1, limit: -1 }));
+    }
+
+    #[test]
+    fn a_directive_given_twice_keeps_the_last_as_chrony_does() {
+        let (c, import) = import_ok("makestep 10 1\nmakestep 1.0 3\n");
+        assert_eq!(c.clock.makestep, Some(MakeStep { threshold: 1.0, limit: 3 }));
+        assert!(import.toml.contains("# line 1: makestep 10 1  (replaced by a later line"), "{}", import.toml);
+        assert!(import.toml.contains("# line 2: makestep 1.0 3\n"), "{}", import.toml);
+    }
+
+    #[test]
+    fn allow_and_deny_keep_their_order_and_text() {
+        let (c, import) =
+            import_ok("allow 192.168.0.0/16\ndeny 192.168.5\nAllow all 10/8\nallow ntp.example\ndeny\nallow ::1\n");
+        assert_eq!(
+            c.server.access_rules(),
+            ["allow 192.168.0.0/16", "deny 192.168.5", "allow all 10/8", "deny", "allow ::1"]
+        );
+        let r = reasons(&import);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].0, r[0].1), (4, "allow"));
+        assert!(r[0].2.contains("host name"), "{r:?}");
+    }
+
+    #[test]
+    fn local_stratum() {
+        let (c, import) = import_ok("local stratum 2\n");
+        assert_eq!(c.server.local_stratum, Some(Stratum(2)));
+        assert!(import.unsupported.is_empty());
+        let (c, _) = import_ok("local\n");
+        assert_eq!(c.server.local_stratum, Some(Stratum(10)), "chrony's default");
+        let (c, import) = import_ok("local stratum 3 orphan distance 0.1\n");
+        assert_eq!(c.server.local_stratum, Some(Stratum(3)));
+        let r = reasons(&import);
+        assert!(r.len() == 2 && r[0].2.contains("`orphan`") && r[1].2.contains("`distance`"), "{r:?}");
+        let (c, import) = import_ok("local stratum 16\n");
+        assert_eq!(c.server.local_stratum, None);
+        assert_eq!(import.unsupported.len(), 1);
+    }
+
+    #[test]
+    fn ratelimit_and_clientloglimit() {
+        let (c, import) = import_ok("ratelimit interval 1 burst 16\nclientloglimit 1048576\n");
+        assert!(import.unsupported.is_empty());
+        let limit = RateLimitConfig { interval: RateInterval(1), burst: Burst(16), leak: Leak(2), kod: None };
+        assert_eq!(c.server.ratelimit, Some(limit));
+        assert_eq!(c.server.client_log_limit, ClientLogLimit(1_048_576));
+        let (c, _) = import_ok("ratelimit\n");
+        assert_eq!(c.server.ratelimit, Some(RateLimitConfig::default()));
+        let (c, import) = import_ok("ratelimit leak 9\nclientloglimit 100\n");
+        assert_eq!(c.server.ratelimit.unwrap().leak, Leak(2));
+        assert_eq!(c.server.client_log_limit, ClientLogLimit(524_288));
+        assert_eq!(import.unsupported.len(), 2);
+    }
+
+    #[test]
+    fn port_and_bindaddress_make_the_listen_addresses() {
+        let (c, _) = import_ok("port 11123\n");
+        assert_eq!(c.server.listen, ["0.0.0.0:11123".parse().unwrap(), "[::]:11123".parse().unwrap()]);
+        let (c, _) = import_ok("bindaddress 192.0.2.7\nport 1123\nbindaddress ::1\n");
+        assert_eq!(c.server.listen, ["192.0.2.7:1123".parse().unwrap(), "[::1]:1123".parse().unwrap()]);
+        let (c, _) = import_ok("bindaddress 192.0.2.7\n");
+        assert_eq!(c.server.listen, ["192.0.2.7:123".parse().unwrap(), "[::]:123".parse().unwrap()]);
+        let (c, _) = import_ok("port 0\n");
+        assert!(c.server.listen.is_empty());
+        let (c, import) = import_ok("bindaddress eth0\n");
+        assert_eq!(c.server.listen.len(), 2);
+        assert_eq!(import.unsupported.len(), 1);
+    }
+
+    #[test]
+    fn unsupported_directives_say_why() {
+        let text = "include /etc/chrony/conf.d/*.conf\nconfdir /etc/chrony/conf.d\n\
+                    refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0\ncmdallow 127.0.0.1\ncmdport 0\n\
+                    bindcmdaddress ::1\nlog measurements statistics\nlogdir /var/log/chrony\nrtcsync\n\
+                    hwtimestamp eth0\nkeyfile /etc/chrony.keys\nntsserverkey /k.pem\nfrobnicate 1\n";
+        let (_, import) = import_ok(text);
+        let r = reasons(&import);
+        let expected = [
+            (1, "include", ONE_FILE),
+            (2, "confdir", ONE_FILE),
+            (3, "refclock", REFCLOCK),
+            (4, "cmdallow", CONTROL),
+            (5, "cmdport", CONTROL),
+            (6, "bindcmdaddress", CONTROL),
+            (7, "log", LOGS),
+            (8, "logdir", LOGS),
+            (10, "hwtimestamp", unsupported_directive("hwtimestamp")),
+            (11, "keyfile", unsupported_directive("keyfile")),
+            (12, "ntsserverkey", NTS),
+            (13, "frobnicate", "unknown directive"),
+        ];
+        for e in expected {
+            assert!(r.contains(&e), "{e:?} not in {r:?}");
+        }
+        assert!(r.iter().any(|r| r.0 == 9 && r.2.contains("RTC")), "{r:?}");
+        // The refclock's text stays in the output for the operator.
+        assert!(import.toml.contains("# line 3: refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0\n"), "{}", import.toml);
+    }
+
+    #[test]
+    fn comments_blank_lines_and_case() {
+        let (c, import) = import_ok("# a\n  ! b\n;c\n\t%d\n\n   \nSERVER a.example IBURST\nMakeStep 1 1\n");
+        assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
+        assert!(c.upstream[0].iburst);
+        assert!(c.clock.makestep.is_some());
+        assert!(import.toml.contains("# line 7: SERVER a.example IBURST"), "{}", import.toml);
+    }
+
+    #[test]
+    fn the_header_names_the_source() {
+        assert!(
+            import_from("", "/etc/chrony/chrony.conf")
+                .toml
+                .starts_with("# strata configuration imported from /etc/chrony/chrony.conf by `strata import-chrony`.")
+        );
+    }
+
+    /// Random lines from chrony's vocabulary, numbers and odd characters: never a
+    /// panic, always a valid strata configuration, every line accounted for.
+    #[test]
+    fn random_lines_never_panic_and_always_give_a_valid_config() {
+        const WORDS: &[&str] = &[
+            "server",
+            "pool",
+            "peer",
+            "refclock",
+            "makestep",
+            "driftfile",
+            "minsources",
+            "leapsecmode",
+            "allow",
+            "deny",
+            "local",
+            "stratum",
+            "orphan",
+            "distance",
+            "ratelimit",
+            "interval",
+            "burst",
+            "leak",
+            "kod",
+            "clientloglimit",
+            "port",
+            "bindaddress",
+            "include",
+            "log",
+            "cmdallow",
+            "iburst",
+            "minpoll",
+            "maxpoll",
+            "prefer",
+            "noselect",
+            "trust",
+            "require",
+            "maxdelay",
+            "version",
+            "maxsources",
+            "key",
+            "nts",
+            "xleave",
+            "system",
+            "slew",
+            "all",
+            "0",
+            "1",
+            "-1",
+            "3",
+            "16",
+            "123",
+            "65536",
+            "-7",
+            "1e-9",
+            "nan",
+            "inf",
+            "0.5",
+            "192.0.2.1",
+            "::1",
+            "10/8",
+            "1.2.3.0/25",
+            "a.example",
+            "pool.ntp.org",
+            "/var/lib/x",
+            "#",
+            "!",
+            "%",
+            ";",
+            "\"",
+            "'",
+            "\\",
+            "[x]",
+            "=",
+            "\u{0}",
+            "\r",
+            "\x0b",
+            "\u{7f}",
+            "é",
+            "\u{2028}",
+            "\u{feff}",
+            "ntp.example:99",
+            "[::1]",
+            "port",
+            "4096",
+            "2147483648",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            // xorshift64*: deterministic, so a failure reproduces.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+        };
+        for _ in 0..3000 {
+            let mut text = String::new();
+            for _ in 0..next(12) {
+                for i in 0..next(8) {
+                    if i > 0 {
+                        text.push_str([" ", "\t", "  "][next(3)]);
+                    }
+                    if next(10) == 0 {
+                        text.push(char::from_u32(next(0x11_0000) as u32).unwrap_or('x'));
+                    } else {
+                        text.push_str(WORDS[next(WORDS.len())]);
+                    }
+                }
+                text.push_str(["\n", "\r\n"][next(2)]);
+            }
+            let (_, import) = import_ok(&text);
+            for (index, line) in text.lines().enumerate() {
+                let mut words = line.split(is_chrony_space).filter(|w| !w.is_empty());
+                match words.next() {
+                    Some(w) if !w.starts_with(['!', ';', '#', '%']) => {
+                        let tag = format!("# line {}: ", index + 1);
+                        let tag_in_array = format!("    # line {}: ", index + 1);
+                        assert!(
+                            import.toml.contains(&format!("\n{tag}")) || import.toml.contains(&tag_in_array),
+                            "line {} not accounted for:\n{text}\n---\n{}",
+                            index + 1,
+                            import.toml
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            assert!(import.unsupported.iter().all(|u| u.line >= 1 && u.line <= text.lines().count()));
+        }
+    }
+}
