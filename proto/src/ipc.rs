@@ -273,6 +273,40 @@ pub enum ChildToSupervisor {
         frequency_ppm: f64,
         skew_ppm: f64,
     },
+    /// A line of chrony-like statistics logs, as numbers: the supervisor formats
+    /// and writes them (the engine has no file access).
+    Log(LogRecord),
+}
+
+/// One record of the statistics logs (chrony's `log measurements statistics tracking`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LogRecord {
+    /// One valid NTP sample of an upstream.
+    Measurement {
+        time_unix_ns: i64,
+        source: SocketAddr,
+        leap: u8,
+        stratum: u8,
+        offset_s: f64,
+        delay_s: f64,
+        dispersion_s: f64,
+        root_delay_s: f64,
+        root_dispersion_s: f64,
+    },
+    /// A source's filtered estimate after the sample.
+    Statistics { time_unix_ns: i64, source: SocketAddr, offset_s: f64, jitter_s: f64, dispersion_s: f64, reach: u8 },
+    /// A clock update of the discipline.
+    Tracking {
+        time_unix_ns: i64,
+        reference: Option<SocketAddr>,
+        stratum: u8,
+        frequency_ppm: f64,
+        skew_ppm: f64,
+        offset_s: f64,
+        leap: u8,
+        root_delay_s: f64,
+        root_dispersion_s: f64,
+    },
 }
 
 impl Message for ChildToSupervisor {}
@@ -351,6 +385,8 @@ pub struct NtpSettings {
     pub initial_frequency: Option<(f64, f64)>,
     /// chrony's `leapsecmode`: 0 system, 1 step, 2 slew, 3 ignore.
     pub leap_sec_mode: u8,
+    /// Whether to report `LogRecord`s (some statistics log is configured).
+    pub log_records: bool,
 }
 
 /// One upstream server (chrony's `server` line).

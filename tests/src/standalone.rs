@@ -34,6 +34,7 @@ pub fn demo_settings(role: Role) -> Settings {
             minsources: 1,
             initial_frequency: None,
             leap_sec_mode: 0,
+            log_records: false,
         }),
         Role::Refclock => Settings::Refclock(RefclockSettings {}),
         Role::Adjust => Settings::Adjust(AdjustSettings {

@@ -221,3 +221,43 @@ fn an_upstream_given_by_name_is_resolved_and_polled() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn statistics_logs_have_headers_stable_columns_and_survive_logrotate() {
+    if !require_root("statistics logs") {
+        return;
+    }
+    let upstream = TestNtpServer::start("127.0.0.31:0", 0.0);
+    let logs = scratch_dir("statistics-logs").join("log");
+    let server = format!(
+        "listen = [\"127.0.0.1:{}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[upstream]]\naddress = \"{}\"\niburst = true\nminpoll = -3\nmaxpoll = -3\n\n\
+         [logs]\ndir = \"{}\"\nkinds = [\"measurements\", \"statistics\", \"tracking\"]\n",
+        free_udp_port(),
+        upstream.address,
+        logs.display()
+    );
+    let _appliance = Appliance::start_with_clock("statistics-logs", Some(&server), "backend = \"none\"");
+    let lines = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(logs.join(name)).unwrap_or_default().lines().map(String::from).collect()
+    };
+    strata_tests::wait_for("log lines", Duration::from_secs(15), || {
+        ["measurements.log", "statistics.log", "tracking.log"].iter().all(|f| lines(f).len() >= 6).then_some(())
+    });
+    for (file, columns) in [("measurements.log", 10), ("statistics.log", 7), ("tracking.log", 10)] {
+        let l = lines(file);
+        assert!(l[0].starts_with("====") && l[1].contains("Date (UTC) Time") && l[2].starts_with("===="), "{file}");
+        for line in &l[3..] {
+            assert_eq!(line.split_whitespace().count(), columns, "{file}: {line}");
+            assert!(line.contains("127.0.0.31"), "{file}: {line}");
+        }
+    }
+    // logrotate renames the file; the next records go to a new one with a header.
+    std::fs::rename(logs.join("measurements.log"), logs.join("measurements.log.1")).unwrap();
+    strata_tests::wait_for("a new measurements.log", Duration::from_secs(10), || {
+        (lines("measurements.log").len() >= 4).then_some(())
+    });
+    assert!(lines("measurements.log")[1].contains("Date (UTC) Time"));
+    let rotated = lines("measurements.log.1");
+    assert!(rotated.len() >= 6 && rotated[3..].iter().all(|l| l.split_whitespace().count() == 10));
+}

@@ -37,7 +37,8 @@ pub struct Unsupported {
 }
 
 const ONE_FILE: &str = "strata reads one file";
-const LOGS: &str = "strata's logs: not yet";
+const LOGS: &str = "strata writes no banner or change log; its [logs] are measurements, statistics, tracking and \
+                    refclocks";
 const REFCLOCK: &str = "refclocks arrive with the refclock reader (issue 5)";
 const CONTROL: &str = "the control plane is configured in strata's [control] (not yet)";
 const NTS: &str = "strata has no NTS yet (neither as a server nor towards its upstreams)";
@@ -51,7 +52,7 @@ fn unsupported_directive(directive: &str) -> &'static str {
         "include" | "confdir" | "sourcedir" => ONE_FILE,
         "refclock" => REFCLOCK,
         "cmdallow" | "cmddeny" | "cmdport" | "bindcmdaddress" | "bindcmddevice" | "cmdratelimit" => CONTROL,
-        "log" | "logdir" | "logbanner" | "logchange" => LOGS,
+        "logbanner" | "logchange" => LOGS,
         "mailonchange" => "strata sends no mail: alarms go to its log and to status.json",
         "rtcsync" => "strata does not turn on the kernel's RTC synchronisation (11-minute mode); the RTC is left alone",
         "rtcfile" | "rtcdevice" | "rtconutc" | "rtcautotrim" | "hwclockfile" => RTC,
@@ -184,6 +185,10 @@ struct Importer {
     local_stratum: Option<Item>,
     ratelimit: Option<Item>,
     client_log_limit: Option<Item>,
+    /// `log` lines: the comment and the kinds strata writes.
+    log_kinds: Vec<(String, Vec<String>)>,
+    /// `logdir`: the comment and the directory.
+    logdir: Option<(String, String)>,
     /// `port` and `bindaddress`: the comment and the value of each.
     port: Option<(String, u16)>,
     bind_v4: Option<(String, IpAddr)>,
@@ -245,6 +250,24 @@ impl Importer {
             "server" => self.source(line, false),
             "pool" => self.source(line, true),
             "makestep" => self.makestep(line),
+            "logdir" => match line.args[..] {
+                [dir] => self.logdir = Some((line.comment(), dir.to_string())),
+                _ => self.invalid(line, "`logdir` takes one directory"),
+            },
+            "log" => {
+                let mut kinds = Vec::new();
+                for &kind in &line.args {
+                    match kind.to_ascii_lowercase().as_str() {
+                        k @ ("measurements" | "statistics" | "tracking" | "refclocks") => kinds.push(k.to_string()),
+                        other => self.unsupported.push(Unsupported {
+                            line: line.number,
+                            directive: line.directive.clone(),
+                            reason: format!("strata has no `{other}` log"),
+                        }),
+                    }
+                }
+                self.log_kinds.push((line.comment(), kinds));
+            }
             "driftfile" => match line.args[..] {
                 [path] => set(&mut self.driftfile, Item::new(line, format!("driftfile = {}", toml_string(path)))),
                 _ => self.invalid(line, "`driftfile` takes one file"),
@@ -556,6 +579,30 @@ impl Importer {
             push_item(&mut out, item);
         }
 
+        let kinds: Vec<&String> = self.log_kinds.iter().flat_map(|(_, k)| k).collect();
+        match (&self.logdir, kinds.is_empty()) {
+            (Some((dir_comment, dir)), false) => {
+                out.push_str(&format!("\n[logs]\n# {}\ndir = {}\n", dir_comment, toml_string(dir)));
+                for (comment, _) in &self.log_kinds {
+                    out.push_str(&format!("# {comment}\n"));
+                }
+                let list: Vec<String> = kinds.iter().map(|k| toml_string(k)).collect();
+                out.push_str(&format!("kinds = [{}]\n", list.join(", ")));
+            }
+            _ => {
+                // No [logs] table: `log` without `logdir` (chrony writes no file then),
+                // or `logdir` with nothing to log. The lines are still shown.
+                let comments: Vec<&String> =
+                    self.logdir.iter().map(|(c, _)| c).chain(self.log_kinds.iter().map(|(c, _)| c)).collect();
+                if !comments.is_empty() {
+                    out.push_str("\n# No statistics logs: chrony needs both `log` and `logdir` to write one.\n");
+                    for comment in comments {
+                        out.push_str(&format!("# {comment}\n"));
+                    }
+                }
+            }
+        }
+
         if !self.left_out.is_empty() {
             out.push_str("\n# Not converted:\n");
             for (comment, reason) in &self.left_out {
@@ -782,6 +829,21 @@ mod tests {
     }
 
     #[test]
+    fn log_and_logdir_become_the_logs_table() {
+        let (c, import) = import_ok("logdir /var/log/chrony\nlog measurements statistics tracking rtc\n");
+        let logs = c.logs.expect("a [logs] table");
+        assert_eq!(logs.dir, Path::new("/var/log/chrony"));
+        assert_eq!(logs.kinds.len(), 3);
+        assert!(
+            import.unsupported.iter().any(|u| u.line == 2 && u.reason.contains("`rtc`")),
+            "{:?}",
+            import.unsupported
+        );
+        let (c, _) = import_ok("log tracking\n");
+        assert!(c.logs.is_none());
+    }
+
+    #[test]
     fn unsupported_directives_say_why() {
         let text = "include /etc/chrony/conf.d/*.conf\nconfdir /etc/chrony/conf.d\n\
                     refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0\ncmdallow 127.0.0.1\ncmdport 0\n\
@@ -796,8 +858,6 @@ mod tests {
             (4, "cmdallow", CONTROL),
             (5, "cmdport", CONTROL),
             (6, "bindcmdaddress", CONTROL),
-            (7, "log", LOGS),
-            (8, "logdir", LOGS),
             (10, "hwtimestamp", unsupported_directive("hwtimestamp")),
             (11, "keyfile", unsupported_directive("keyfile")),
             (12, "ntsserverkey", NTS),

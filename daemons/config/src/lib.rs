@@ -38,6 +38,27 @@ pub struct Config {
     /// Upstream NTP servers (chrony's `server` lines), in order.
     #[serde(default)]
     pub upstream: Vec<Upstream>,
+    /// chrony's `log` and `logdir`: statistics logs, one file per kind.
+    #[serde(default)]
+    pub logs: Option<LogsConfig>,
+}
+
+/// chrony's `logdir DIR` and `log measurements statistics tracking refclocks`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogsConfig {
+    pub dir: PathBuf,
+    pub kinds: Vec<LogKind>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    Measurements,
+    Statistics,
+    Tracking,
+    /// Written once the refclock reader has refclocks.
+    Refclocks,
 }
 
 /// One upstream NTP server, chrony's `server ADDRESS [options]`.

@@ -17,7 +17,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, socko
 use nix::sys::time::TimeSpec;
 use strata_process::child::Outbox;
 use strata_proto::ipc::{
-    ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Leap as WireLeap, NtpSettings,
+    ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Leap as WireLeap, LogRecord, NtpSettings,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 use strata_sync::discipline::{ClockAction, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
@@ -49,6 +49,8 @@ pub struct Timekeeper {
     discipline: Discipline,
     selection_config: SelectionConfig,
     local_stratum: Option<u8>,
+    /// Report log records to the supervisor (a statistics log is configured).
+    log_records: bool,
     /// The adjuster's latest report; `None` while it is down.
     clock: Option<ClockStatus>,
     /// What the last selection decided (for logging changes of the system peer).
@@ -112,6 +114,7 @@ impl Timekeeper {
             discipline,
             selection_config,
             local_stratum: settings.local_stratum,
+            log_records: settings.log_records,
             clock: None,
             system_peer: None,
             last_used: None,
@@ -186,6 +189,30 @@ impl Timekeeper {
                 Response::Sample(sample) => {
                     debug!(upstream = %u.address, offset_s = sample.offset_s, delay_s = sample.delay_s, "sample");
                     u.filter.add(sample);
+                    if self.log_records {
+                        let source = u.address;
+                        out.report(ChildToSupervisor::Log(LogRecord::Measurement {
+                            time_unix_ns: sample.time.0,
+                            source,
+                            leap: leap_code(sample.leap),
+                            stratum: sample.stratum,
+                            offset_s: sample.offset_s,
+                            delay_s: sample.delay_s,
+                            dispersion_s: sample.dispersion_s,
+                            root_delay_s: sample.root_delay_s,
+                            root_dispersion_s: sample.root_dispersion_s,
+                        }));
+                        if let Some(e) = u.filter.estimate(t4) {
+                            out.report(ChildToSupervisor::Log(LogRecord::Statistics {
+                                time_unix_ns: t4.0,
+                                source,
+                                offset_s: e.offset_s,
+                                jitter_s: e.jitter_s,
+                                dispersion_s: e.dispersion_s,
+                                reach: u.source.reach(),
+                            }));
+                        }
+                    }
                     self.update(t4, out);
                 }
                 Response::KissOfDeath(code) => warn!(upstream = %u.address, ?code, "kiss-o'-death"),
@@ -212,18 +239,31 @@ impl Timekeeper {
             info!(?peer, "selected a new system peer");
             self.system_peer = selection.system_peer;
         }
-        // Only a clock the adjuster can move is disciplined; with backend `none`
-        // the engine serves and measures, like chronyd -x.
-        let adjustable = self.clock.as_ref().is_some_and(|c| c.backend != ClockBackendKind::None);
-        if !adjustable {
-            return;
-        }
         let peer_sample_time =
             selection.system_peer.and_then(|peer| candidates.iter().find(|c| c.id == peer)).map(|c| c.estimate.time);
         if peer_sample_time.is_none() || peer_sample_time <= self.last_used {
             return;
         }
         self.last_used = peer_sample_time;
+        if self.log_records {
+            out.report(ChildToSupervisor::Log(LogRecord::Tracking {
+                time_unix_ns: now.0,
+                reference: selection.system_peer.map(|id| self.upstreams[id.0 as usize].address),
+                stratum: system.stratum,
+                frequency_ppm: self.discipline.frequency_ppm(),
+                skew_ppm: self.discipline.skew_ppm(),
+                offset_s: system.offset_s,
+                leap: leap_code(system.leap),
+                root_delay_s: system.root_delay_s,
+                root_dispersion_s: system.root_dispersion_s,
+            }));
+        }
+        // Only a clock the adjuster can move is disciplined; with backend `none`
+        // the engine serves and measures, like chronyd -x.
+        let adjustable = self.clock.as_ref().is_some_and(|c| c.backend != ClockBackendKind::None);
+        if !adjustable {
+            return;
+        }
         let estimate = strata_sync::discipline::SystemEstimate {
             time: now,
             offset_s: system.offset_s,
@@ -296,6 +336,15 @@ impl Timekeeper {
 fn local_now(shared: &Shared) -> LocalTime {
     let system_ns = system_now_ns();
     LocalTime(system_ns + (shared.time_offset_s(system_ns) * 1e9) as i64)
+}
+
+fn leap_code(leap: Leap) -> u8 {
+    match leap {
+        Leap::None => 0,
+        Leap::InsertSecond => 1,
+        Leap::DeleteSecond => 2,
+        Leap::Unsynchronised => 3,
+    }
 }
 
 fn xorshift(mut x: u64) -> u64 {

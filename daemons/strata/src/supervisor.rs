@@ -123,6 +123,7 @@ struct Supervisor {
     /// Every upstream with the address it is polled at (a pool gives several).
     upstreams: Vec<(strata_config::Upstream, std::net::SocketAddr)>,
     notifier: crate::notify::Notifier,
+    logs: Option<crate::logs::Logs>,
 }
 
 pub fn run(config_path: &Path) -> ExitCode {
@@ -197,6 +198,12 @@ impl Supervisor {
         let dir = &config.supervisor.runtime_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
         let steps = StepLedger::load(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
+        let logs = match &config.logs {
+            None => None,
+            Some(l) => Some(
+                crate::logs::Logs::new(l).map_err(|source| StartError::RuntimeDir { dir: l.dir.clone(), source })?,
+            ),
+        };
         let clock_model = match config.clock.backend.model_path() {
             None => None,
             Some(path) => Some(
@@ -246,6 +253,7 @@ impl Supervisor {
                 steps,
                 upstreams,
                 notifier,
+                logs,
             },
             signals,
         ))
@@ -396,6 +404,7 @@ impl Supervisor {
                     minsources: self.config.clock.minsources,
                     initial_frequency: self.config.clock.driftfile.as_deref().and_then(read_driftfile),
                     leap_sec_mode: self.config.clock.leapsecmode as u8,
+                    log_records: self.config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
                 })
             }
             Role::Refclock => Settings::Refclock(RefclockSettings {}),
@@ -472,6 +481,13 @@ impl Supervisor {
                     && let Err(e) = write_driftfile(path, frequency_ppm, skew_ppm)
                 {
                     warn!("cannot write the driftfile {}: {e}", path.display());
+                }
+            }
+            Ok(Some(ChildToSupervisor::Log(record))) if role == Role::Ntp => {
+                if let Some(logs) = &mut self.logs
+                    && let Err(e) = logs.write(&record)
+                {
+                    warn!("statistics log: {e}");
                 }
             }
             Ok(Some(ChildToSupervisor::StepTaken)) if role == Role::Adjust => {
