@@ -226,3 +226,14 @@ pub fn chronyd_query(port: u16) -> (bool, String, String) {
     let log = std::fs::read_to_string(dir.join("measurements.log")).unwrap_or_default();
     (out.status.success(), text, log)
 }
+
+/// The offset `chronyd -Q` measured ("System clock wrong by X seconds"), seconds.
+pub fn chronyd_offset(output: &str) -> f64 {
+    output
+        .lines()
+        .find_map(|l| l.split("System clock wrong by ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no offset in chronyd's output:\n{output}"))
+        .parse()
+        .unwrap()
+}

@@ -27,13 +27,7 @@ fn chronyd_takes_strata_for_a_stratum_1_server_within_a_millisecond() {
     let appliance = Appliance::start("chronyd-interop", "");
     let (ok, output, log) = chronyd_query(appliance.ntp_port);
     assert!(ok, "chronyd -Q failed:\n{output}");
-    let wrong_by: f64 = output
-        .lines()
-        .find_map(|l| l.split("System clock wrong by ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no offset in chronyd's output:\n{output}"))
-        .parse()
-        .unwrap();
+    let wrong_by = strata_tests::chronyd_offset(&output);
     assert!(wrong_by.abs() < 1e-3, "chronyd measured {wrong_by} s against strata on loopback");
     // Every measurement: leap N(ormal), stratum 1, reference id LOCL (4C4F434C).
     let samples: Vec<&str> = log.lines().filter(|l| l.contains(" 127.0.0.1 ")).collect();

@@ -138,13 +138,7 @@ fn a_clock_half_a_second_and_30_ppm_off_is_stepped_once_then_held_within_a_milli
     // And a real client agrees: chronyd -Q measures strata against this machine.
     let (ok, output, _) = strata_tests::chronyd_query(port);
     assert!(ok, "chronyd -Q failed:\n{output}");
-    let wrong_by: f64 = output
-        .lines()
-        .find_map(|l| l.split("System clock wrong by ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no offset in chronyd's output:\n{output}"))
-        .parse()
-        .unwrap();
+    let wrong_by = strata_tests::chronyd_offset(&output);
     assert!(wrong_by.abs() < 1e-3, "chronyd -Q sees strata {wrong_by} s off");
     let model = read_model(&model_path);
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
