@@ -387,6 +387,8 @@ pub struct NtpSettings {
     pub leap_sec_mode: u8,
     /// Whether to report `LogRecord`s (some statistics log is configured).
     pub log_records: bool,
+    /// The refclocks as sources, in configuration order.
+    pub refclocks: Vec<RefclockSourceSettings>,
 }
 
 /// One upstream server (chrony's `server` line).
@@ -414,7 +416,32 @@ pub struct RateLimitSettings {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RefclockSettings {}
+pub struct RefclockSettings {
+    /// The refclocks, in configuration order (their index names them in samples).
+    pub refclocks: Vec<RefclockDriverSettings>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RefclockDriverSettings {
+    /// Samples arrive on a datagram socket the supervisor bound (a `SockSocket` resource).
+    Sock,
+    /// The NTP shared-memory segment of this unit (key 0x4e545030 + unit).
+    Shm { unit: u8 },
+}
+
+/// How the engine treats one refclock as a source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefclockSourceSettings {
+    pub refid: [u8; 4],
+    pub offset_s: f64,
+    pub delay_s: f64,
+    pub precision_s: f64,
+    pub stratum: u8,
+    pub prefer: bool,
+    pub noselect: bool,
+    pub trust: bool,
+    pub require: bool,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdjustSettings {
@@ -454,6 +481,8 @@ pub enum Resource {
     /// The PTP hardware clock the adjuster disciplines: read-write for the
     /// adjuster, read-only for the engine (which reads its time).
     PhcDevice { writable: bool },
+    /// The datagram socket refclock number `refclock` receives SOCK samples on.
+    SockSocket { refclock: u16 },
 }
 
 // ---------------------------------------------------------------------------
@@ -657,6 +686,8 @@ channel!(RefclockToControl: Refclock -> Control);
 pub struct RefclockStatus {
     pub refclocks: u16,
     pub samples_sent: u64,
+    /// Samples refused (wrong size, wrong magic, absurd values).
+    pub samples_rejected: u64,
 }
 
 #[cfg(test)]

@@ -237,3 +237,58 @@ pub fn chronyd_offset(output: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Plays gpsd for a SOCK refclock: sends chrony's `struct sock_sample` (40 bytes on
+/// x86_64: timeval, offset, pulse, leap, padding, magic "SOCK") to `path` every
+/// `every`, with `offset_s` (reference − system) until dropped or paused.
+pub struct SockFeeder {
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One SOCK sample as gpsd writes it.
+pub fn sock_sample(system: std::time::SystemTime, offset_s: f64, magic: u32) -> [u8; 40] {
+    let t = system.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let mut b = [0u8; 40];
+    b[0..8].copy_from_slice(&(t.as_secs() as i64).to_ne_bytes());
+    b[8..16].copy_from_slice(&i64::from(t.subsec_micros()).to_ne_bytes());
+    b[16..24].copy_from_slice(&offset_s.to_ne_bytes());
+    b[36..40].copy_from_slice(&magic.to_ne_bytes());
+    b
+}
+
+pub const SOCK_MAGIC: u32 = 0x534f_434b;
+
+impl SockFeeder {
+    pub fn start(path: &std::path::Path, offset_s: f64, every: Duration) -> SockFeeder {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let paused = std::sync::Arc::new(AtomicBool::new(false));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (p, s) = (std::sync::Arc::clone(&paused), std::sync::Arc::clone(&stop));
+        let path = path.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+            while !s.load(Ordering::Relaxed) {
+                if !p.load(Ordering::Relaxed) {
+                    let _ = socket.send_to(&sock_sample(std::time::SystemTime::now(), offset_s, SOCK_MAGIC), &path);
+                }
+                std::thread::sleep(every);
+            }
+        });
+        SockFeeder { paused, stop, thread: Some(thread) }
+    }
+
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for SockFeeder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -35,8 +35,9 @@ pub fn demo_settings(role: Role) -> Settings {
             initial_frequency: None,
             leap_sec_mode: 0,
             log_records: false,
+            refclocks: Vec::new(),
         }),
-        Role::Refclock => Settings::Refclock(RefclockSettings {}),
+        Role::Refclock => Settings::Refclock(RefclockSettings::default()),
         Role::Adjust => Settings::Adjust(AdjustSettings {
             backend: ClockBackendKind::None,
             steps_left: 4,

@@ -31,6 +31,7 @@ fn start(access: &[&str], ratelimit: Option<RateLimitSettings>, client_log_limit
         initial_frequency: None,
         leap_sec_mode: 0,
         log_records: false,
+        refclocks: Vec::new(),
     });
     let resources = vec![(Resource::NtpSocket { local: address, thread: 0 }, OwnedFd::from(socket))];
     let process = Standalone::start_with(settings, resources);

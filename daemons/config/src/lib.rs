@@ -41,6 +41,74 @@ pub struct Config {
     /// chrony's `log` and `logdir`: statistics logs, one file per kind.
     #[serde(default)]
     pub logs: Option<LogsConfig>,
+    /// Reference clocks (chrony's `refclock` lines), in order.
+    #[serde(default)]
+    pub refclock: Vec<Refclock>,
+}
+
+/// A reference clock, chrony's `refclock DRIVER PARAMETER [options]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Refclock {
+    /// `"sock:/run/strata/gps0.sock"` (chrony's SOCK, as gpsd writes it) or
+    /// `"shm:0"` (the NTP shared-memory segment of unit 0).
+    pub driver: RefclockDriver,
+    /// Reference id served while this refclock is selected (chrony `refid`).
+    #[serde(default = "default_refid")]
+    pub refid: String,
+    /// Added to every sample, seconds (chrony `offset`).
+    #[serde(default)]
+    pub offset: f64,
+    /// Assumed round-trip delay, seconds (chrony `delay`).
+    #[serde(default = "default_refclock_delay")]
+    pub delay: f64,
+    /// Precision of a sample, seconds (chrony `precision`).
+    #[serde(default = "default_refclock_precision")]
+    pub precision: f64,
+    /// The refclock's stratum (chrony `stratum`, 0 by default: the server is then 1).
+    #[serde(default)]
+    pub stratum: u8,
+    #[serde(default)]
+    pub prefer: bool,
+    #[serde(default)]
+    pub noselect: bool,
+    #[serde(default)]
+    pub trust: bool,
+    #[serde(default)]
+    pub require: bool,
+}
+
+fn default_refid() -> String {
+    "GPS".into()
+}
+fn default_refclock_delay() -> f64 {
+    1e-9
+}
+fn default_refclock_precision() -> f64 {
+    1e-6
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum RefclockDriver {
+    Sock(PathBuf),
+    Shm(u8),
+}
+
+impl TryFrom<String> for RefclockDriver {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("sock:") {
+            if !Path::new(path).is_absolute() {
+                return Err(format!("{path:?} must be an absolute path"));
+            }
+            return Ok(RefclockDriver::Sock(PathBuf::from(path)));
+        }
+        if let Some(unit) = s.strip_prefix("shm:") {
+            return unit.parse().map(RefclockDriver::Shm).map_err(|_| format!("{unit:?} is not an SHM unit (0-255)"));
+        }
+        Err(format!("unknown refclock driver {s:?}: expected \"sock:/PATH\" or \"shm:UNIT\""))
+    }
 }
 
 /// chrony's `logdir DIR` and `log measurements statistics tracking refclocks`.

@@ -94,7 +94,10 @@ impl Service for Engine {
                 AdjusterToEngine::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },
             Role::Refclock => match decode_peer::<RefclockToEngine>(frame)? {
-                RefclockToEngine::Sample(_) => self.status.refclock_samples += 1,
+                RefclockToEngine::Sample(sample) => {
+                    self.status.refclock_samples += 1;
+                    self.timekeeper.on_refclock_sample(&sample, out).map_err(Violation)?;
+                }
                 RefclockToEngine::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },
             Role::Control => match decode_peer::<ControlToEngine>(frame)? {

@@ -18,13 +18,14 @@ use nix::sys::time::TimeSpec;
 use strata_process::child::Outbox;
 use strata_proto::ipc::{
     ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Leap as WireLeap, LogRecord, NtpSettings,
+    RefclockSample, RefclockSourceSettings,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 use strata_sync::discipline::{ClockAction, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
 use strata_sync::filter::{ClockFilter, FilterConfig};
 use strata_sync::selection::{Candidate, Selection, SelectionConfig, select};
 use strata_sync::source::{NtpSource, Response, ServerOptions};
-use strata_sync::{Leap, LocalTime, SelectOptions, SourceId};
+use strata_sync::{Leap, LocalTime, Sample, SelectOptions, SourceId};
 use tracing::{debug, info, warn};
 
 use crate::server::ServerState;
@@ -34,6 +35,27 @@ use crate::workers::{Shared, system_now_ns};
 /// with the rate the adjuster really uses.
 const ADJUSTER_SLEW_RATE_PPM: f64 = strata_policy::clock::MAX_SLEW_RATE_PPM;
 const ADJUSTER_MAX_FREQUENCY_PPM: f64 = strata_policy::clock::MAX_FREQUENCY_PPM;
+
+/// A reference clock as a source: its samples come from the refclock reader.
+struct RefclockSource {
+    settings: RefclockSourceSettings,
+    filter: ClockFilter,
+    last_sample: Option<Instant>,
+    /// Samples since the refclock last fell silent: it counts as reachable again
+    /// only after [`REFCLOCK_RETURN_SAMPLES`] of them, so that a flapping feed does
+    /// not switch the appliance back and forth (hysteresis).
+    samples_since_silence: u32,
+}
+
+/// Samples a refclock must deliver after a silence before it is selectable again.
+const REFCLOCK_RETURN_SAMPLES: u32 = 4;
+
+/// Source ids of refclocks start here, after any number of upstreams.
+const REFCLOCK_ID_BASE: u32 = 1 << 16;
+
+/// A refclock that sent nothing for this long is unreachable (chrony: no sample in
+/// the last polls); selection then fails over to the NTP sources.
+const REFCLOCK_SILENCE: Duration = Duration::from_secs(8);
 
 struct Upstream {
     address: SocketAddr,
@@ -46,6 +68,7 @@ struct Upstream {
 pub struct Timekeeper {
     shared: Arc<Shared>,
     upstreams: Vec<Upstream>,
+    refclocks: Vec<RefclockSource>,
     discipline: Discipline,
     selection_config: SelectionConfig,
     local_stratum: Option<u8>,
@@ -108,9 +131,20 @@ impl Timekeeper {
             discipline = discipline.with_initial_frequency(ppm).with_initial_skew(skew_ppm);
         }
         let selection_config = SelectionConfig { min_sources: usize::from(settings.minsources), ..Default::default() };
+        let refclocks = settings
+            .refclocks
+            .iter()
+            .map(|r| RefclockSource {
+                settings: r.clone(),
+                filter: ClockFilter::new(FilterConfig::default()),
+                last_sample: None,
+                samples_since_silence: 0,
+            })
+            .collect();
         Ok(Timekeeper {
             shared,
             upstreams,
+            refclocks,
             discipline,
             selection_config,
             local_stratum: settings.local_stratum,
@@ -221,9 +255,57 @@ impl Timekeeper {
         }
     }
 
+    /// A sample from the refclock reader (index checked by the caller).
+    pub fn on_refclock_sample(&mut self, sample: &RefclockSample, out: &mut Outbox) -> Result<(), String> {
+        let r = self.refclocks.get_mut(usize::from(sample.refclock)).ok_or("no such refclock")?;
+        if !(sample.offset_s.is_finite() && sample.dispersion_s.is_finite() && sample.dispersion_s >= 0.0) {
+            return Err(format!(
+                "a refclock sample with {} s offset, {} s dispersion",
+                sample.offset_s, sample.dispersion_s
+            ));
+        }
+        // The reader measures against the system clock; the served clock may be a
+        // model or a PHC: re-express time and offset against it.
+        let clock_offset_s = self.shared.time_offset_s(sample.system_time_ns);
+        let time = LocalTime(sample.system_time_ns + (clock_offset_s * 1e9) as i64);
+        if r.last_sample.is_none_or(|t| t.elapsed() >= REFCLOCK_SILENCE) {
+            if r.last_sample.is_some() {
+                info!(refclock = sample.refclock, "refclock feed is back");
+            }
+            r.samples_since_silence = 0;
+            // Samples from before the silence say nothing about now.
+            r.filter.clear();
+        }
+        r.filter.add(Sample {
+            time,
+            offset_s: sample.offset_s + r.settings.offset_s - clock_offset_s,
+            delay_s: r.settings.delay_s,
+            dispersion_s: r.settings.precision_s + sample.dispersion_s,
+            root_delay_s: 0.0,
+            root_dispersion_s: 0.0,
+            stratum: r.settings.stratum,
+            leap: Leap::None,
+        });
+        r.samples_since_silence += 1;
+        r.last_sample = Some(Instant::now());
+        self.update(time, out);
+        Ok(())
+    }
+
+    fn reference_id(&self, id: SourceId) -> ReferenceId {
+        match id.0.checked_sub(REFCLOCK_ID_BASE) {
+            Some(i) => ReferenceId::from_bytes(self.refclocks[i as usize].settings.refid),
+            None => ReferenceId::from_ip(self.upstreams[id.0 as usize].address.ip()),
+        }
+    }
+
+    fn peer_address(&self, id: SourceId) -> Option<SocketAddr> {
+        (id.0 < REFCLOCK_ID_BASE).then(|| self.upstreams[id.0 as usize].address)
+    }
+
     /// Selection, discipline, and what the server says.
     fn update(&mut self, now: LocalTime, out: &mut Outbox) {
-        let candidates: Vec<Candidate> = self
+        let mut candidates: Vec<Candidate> = self
             .upstreams
             .iter()
             .filter_map(|u| {
@@ -231,11 +313,22 @@ impl Timekeeper {
                 Some(Candidate { id: u.source.id(), options: u.select, estimate, reachable: u.source.reachable() })
             })
             .collect();
+        for (i, r) in self.refclocks.iter().enumerate() {
+            let Some(estimate) = r.filter.estimate(now) else { continue };
+            let s = &r.settings;
+            candidates.push(Candidate {
+                id: SourceId(REFCLOCK_ID_BASE + i as u32),
+                options: SelectOptions { prefer: s.prefer, noselect: s.noselect, trust: s.trust, require: s.require },
+                estimate,
+                reachable: r.last_sample.is_some_and(|t| t.elapsed() < REFCLOCK_SILENCE)
+                    && r.samples_since_silence >= REFCLOCK_RETURN_SAMPLES,
+            });
+        }
         let selection = select(&candidates, now, &self.selection_config);
         self.publish(&selection, now);
         let Some(system) = selection.combined else { return };
         if self.system_peer != selection.system_peer {
-            let peer = selection.system_peer.map(|id| self.upstreams[id.0 as usize].address);
+            let peer = selection.system_peer.map(|id| self.reference_id(id).to_string());
             info!(?peer, "selected a new system peer");
             self.system_peer = selection.system_peer;
         }
@@ -248,7 +341,7 @@ impl Timekeeper {
         if self.log_records {
             out.report(ChildToSupervisor::Log(LogRecord::Tracking {
                 time_unix_ns: now.0,
-                reference: selection.system_peer.map(|id| self.upstreams[id.0 as usize].address),
+                reference: selection.system_peer.and_then(|id| self.peer_address(id)),
                 stratum: system.stratum,
                 frequency_ppm: self.discipline.frequency_ppm(),
                 skew_ppm: self.discipline.skew_ppm(),
@@ -306,23 +399,20 @@ impl Timekeeper {
     /// Tell the serving threads what to answer.
     fn publish(&self, selection: &Selection, now: LocalTime) {
         let state = match (&selection.combined, selection.system_peer) {
-            (Some(system), Some(peer)) => {
-                let address = self.upstreams[peer.0 as usize].address;
-                ServerState {
-                    leap: match system.leap {
-                        Leap::None => LeapIndicator::NoWarning,
-                        Leap::InsertSecond => LeapIndicator::InsertSecond,
-                        Leap::DeleteSecond => LeapIndicator::DeleteSecond,
-                        Leap::Unsynchronised => LeapIndicator::Unsynchronized,
-                    },
-                    stratum: system.stratum,
-                    reference_id: ReferenceId::from_ip(address.ip()),
-                    reference_time: NtpTimestamp::from_unix_ns(now.0),
-                    root_delay_s: system.root_delay_s,
-                    root_dispersion_s: system.root_dispersion_s,
-                    precision_log2: ServerState::DEFAULT_PRECISION_LOG2,
-                }
-            }
+            (Some(system), Some(peer)) => ServerState {
+                leap: match system.leap {
+                    Leap::None => LeapIndicator::NoWarning,
+                    Leap::InsertSecond => LeapIndicator::InsertSecond,
+                    Leap::DeleteSecond => LeapIndicator::DeleteSecond,
+                    Leap::Unsynchronised => LeapIndicator::Unsynchronized,
+                },
+                stratum: system.stratum,
+                reference_id: self.reference_id(peer),
+                reference_time: NtpTimestamp::from_unix_ns(now.0),
+                root_delay_s: system.root_delay_s,
+                root_dispersion_s: system.root_dispersion_s,
+                precision_log2: ServerState::DEFAULT_PRECISION_LOG2,
+            },
             _ => match self.local_stratum {
                 Some(stratum) => ServerState::local(stratum),
                 None => ServerState::unsynchronised(),

@@ -2,19 +2,30 @@
 //! are opened by the supervisor and handed over as descriptors.
 #![forbid(unsafe_code)]
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::process::ExitCode;
 
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
-    ControlToRefclock, EngineToRefclock, RefclockStatus, RefclockToControl, Resource, Role, Settings,
+    ControlToRefclock, EngineToRefclock, RefclockDriverSettings, RefclockSample, RefclockStatus, RefclockToControl,
+    RefclockToEngine, Resource, Role, Settings,
 };
+use tracing::{debug, info, warn};
+
+// The NTP shared-memory format: parsed and tested; its driver (attaching the
+// segment gpsd creates) is not wired in yet.
+#[cfg_attr(not(test), allow(dead_code))]
+mod shm;
+mod sock;
 
 fn main() -> ExitCode {
     child::run::<RefclockReader>()
 }
 
 struct RefclockReader {
+    /// SOCK refclocks: (index in the configuration, the socket gpsd writes to).
+    sockets: Vec<(u16, UnixDatagram)>,
     status: RefclockStatus,
 }
 
@@ -22,11 +33,30 @@ impl Service for RefclockReader {
     const ROLE: Role = Role::Refclock;
 
     fn start(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Result<Self, String> {
-        let Settings::Refclock(_) = settings else { unreachable!("checked by child::run") };
-        if !resources.is_empty() {
-            return Err("no refclock drivers are configured".into());
+        let Settings::Refclock(settings) = settings else { unreachable!("checked by child::run") };
+        let mut sockets = Vec::new();
+        for (resource, fd) in resources {
+            match resource {
+                Resource::SockSocket { refclock }
+                    if matches!(settings.refclocks.get(usize::from(refclock)), Some(RefclockDriverSettings::Sock)) =>
+                {
+                    let socket = UnixDatagram::from(fd);
+                    socket.set_nonblocking(true).map_err(|e| format!("refclock {refclock}: {e}"))?;
+                    sockets.push((refclock, socket));
+                }
+                other => return Err(format!("the refclock reader takes no {other:?}")),
+            }
         }
-        Ok(RefclockReader { status: RefclockStatus::default() })
+        for (i, driver) in settings.refclocks.iter().enumerate() {
+            match driver {
+                RefclockDriverSettings::Sock => info!(refclock = i, "SOCK refclock"),
+                RefclockDriverSettings::Shm { unit } => {
+                    warn!(refclock = i, unit, "SHM refclocks are not read yet by this build")
+                }
+            }
+        }
+        let status = RefclockStatus { refclocks: settings.refclocks.len() as u16, ..RefclockStatus::default() };
+        Ok(RefclockReader { sockets, status })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -47,5 +77,32 @@ impl Service for RefclockReader {
             other => return Err(Violation(format!("no channel with {other}"))),
         }
         Ok(())
+    }
+
+    fn sources(&self) -> Vec<BorrowedFd<'_>> {
+        self.sockets.iter().map(|(_, s)| s.as_fd()).collect()
+    }
+
+    fn on_readable(&mut self, index: usize, out: &mut Outbox) {
+        let (refclock, socket) = &self.sockets[index];
+        let mut buf = [0u8; 256];
+        while let Ok(len) = socket.recv(&mut buf) {
+            match sock::parse(&buf[..len]) {
+                Ok(sample) => {
+                    self.status.samples_sent += 1;
+                    out.send(&RefclockToEngine::Sample(RefclockSample {
+                        refclock: *refclock,
+                        system_time_ns: sample.system_time_ns,
+                        offset_s: sample.offset_s,
+                        dispersion_s: 0.0,
+                    }));
+                }
+                // A stalled or garbage feed is refused and counted, never passed on.
+                Err(e) => {
+                    self.status.samples_rejected += 1;
+                    debug!(refclock, "SOCK sample rejected: {e:?}");
+                }
+            }
+        }
     }
 }

@@ -28,8 +28,8 @@ use strata_config::Config;
 use strata_process::channel::{Channel, RecvError};
 use strata_proto::ipc::{
     self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity, MAX_FRAME,
-    NtpSettings, RateLimitSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
-    UpstreamSettings,
+    NtpSettings, RateLimitSettings, RefclockDriverSettings, RefclockSettings, RefclockSourceSettings, Resource, Role,
+    Settings, Start, SupervisorToChild, UnlinkReason, UpstreamSettings,
 };
 use strata_sys::Capability;
 use tracing::{error, info, warn};
@@ -124,6 +124,8 @@ struct Supervisor {
     upstreams: Vec<(strata_config::Upstream, std::net::SocketAddr)>,
     notifier: crate::notify::Notifier,
     logs: Option<crate::logs::Logs>,
+    /// SOCK refclocks' datagram sockets, bound here so gpsd can write to them.
+    refclock_sockets: Vec<(Resource, OwnedFd)>,
 }
 
 pub fn run(config_path: &Path) -> ExitCode {
@@ -195,6 +197,16 @@ impl Supervisor {
             }
             info!(%addr, port, threads, "bound NTP sockets");
         }
+        // SOCK refclocks: the sockets gpsd writes samples to (chrony's refclock SOCK).
+        let mut refclock_sockets = Vec::new();
+        for (i, r) in config.refclock.iter().enumerate() {
+            if let strata_config::RefclockDriver::Sock(path) = &r.driver {
+                let _ = std::fs::remove_file(path);
+                let socket = std::os::unix::net::UnixDatagram::bind(path)
+                    .map_err(|source| StartError::ClockModel { path: path.clone(), source })?;
+                refclock_sockets.push((Resource::SockSocket { refclock: i as u16 }, OwnedFd::from(socket)));
+            }
+        }
         let dir = &config.supervisor.runtime_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
         let steps = StepLedger::load(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
@@ -254,6 +266,7 @@ impl Supervisor {
                 upstreams,
                 notifier,
                 logs,
+                refclock_sockets,
             },
             signals,
         ))
@@ -405,9 +418,41 @@ impl Supervisor {
                     initial_frequency: self.config.clock.driftfile.as_deref().and_then(read_driftfile),
                     leap_sec_mode: self.config.clock.leapsecmode as u8,
                     log_records: self.config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
+                    refclocks: self
+                        .config
+                        .refclock
+                        .iter()
+                        .map(|r| {
+                            let mut refid = [0u8; 4];
+                            for (i, b) in r.refid.bytes().take(4).enumerate() {
+                                refid[i] = b;
+                            }
+                            RefclockSourceSettings {
+                                refid,
+                                offset_s: r.offset,
+                                delay_s: r.delay,
+                                precision_s: r.precision,
+                                stratum: r.stratum,
+                                prefer: r.prefer,
+                                noselect: r.noselect,
+                                trust: r.trust,
+                                require: r.require,
+                            }
+                        })
+                        .collect(),
                 })
             }
-            Role::Refclock => Settings::Refclock(RefclockSettings {}),
+            Role::Refclock => Settings::Refclock(RefclockSettings {
+                refclocks: self
+                    .config
+                    .refclock
+                    .iter()
+                    .map(|r| match r.driver {
+                        strata_config::RefclockDriver::Sock(_) => RefclockDriverSettings::Sock,
+                        strata_config::RefclockDriver::Shm(unit) => RefclockDriverSettings::Shm { unit },
+                    })
+                    .collect(),
+            }),
             Role::Adjust => Settings::Adjust(AdjustSettings {
                 backend: self.config.clock.backend.0,
                 steps_left: strata_policy::clock::STEP_BUDGET_PER_BOOT.saturating_sub(self.steps.used),
@@ -528,6 +573,11 @@ impl Supervisor {
             settings: self.settings(slot.role),
         };
         channel.send(&SupervisorToChild::Start(start), None)?;
+        if slot.role == Role::Refclock {
+            for (resource, fd) in &self.refclock_sockets {
+                channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
+            }
+        }
         if slot.role == Role::Ntp {
             for (resource, fd) in &self.resources {
                 channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;

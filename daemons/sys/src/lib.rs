@@ -398,3 +398,227 @@ mod kernel_clock_tests {
         assert!(KernelClock::of_phc(&f).id() < 0);
     }
 }
+
+/// Size of the NTP SHM refclock segment (`struct shmTime` on LP64 Linux; the layout is
+/// checked in `strata-refclock`'s `shm` module).
+pub const SHM_LEN: usize = 96;
+/// Byte offset of `shmTime.valid`, which the reader clears after taking a sample.
+pub const SHM_VALID_OFFSET: usize = 48;
+
+/// An attached System V shared-memory segment of at least [`SHM_LEN`] bytes: the NTP
+/// SHM refclock that gpsd writes. Detached (`shmdt`) when dropped.
+///
+/// All accesses are volatile 4-byte loads and stores at aligned offsets (`shmat`
+/// returns a page-aligned address): another process writes the segment at any time,
+/// so the compiler must neither cache nor elide nor merge them. Volatile accesses are
+/// not synchronisation, and the writer (C, plain stores) gives none either: a copy can
+/// be torn. The protocol itself detects that in mode 1 (gpsd's): the writer bumps
+/// `count` before and after writing, and the reader compares `count` across two
+/// snapshots. For that comparison to mean anything the CPU must not reorder the loads:
+/// `snapshot` puts an acquire fence after loading `mode` and `count` and another after
+/// the rest, so the loads of count → fields → (next snapshot's) count happen in that
+/// order (a no-op on x86_64's TSO, a `dmb` on aarch64).
+#[derive(Debug)]
+pub struct ShmSegment {
+    addr: std::ptr::NonNull<u32>,
+    id: libc::c_int,
+}
+
+// SAFETY: the segment is mapped for the life of the value whatever thread uses it, and
+// every access is a volatile load or store through the raw pointer (no references into
+// shared memory are ever made), so moving the handle to another thread is sound.
+unsafe impl Send for ShmSegment {}
+
+impl ShmSegment {
+    /// Attach read-write to the existing segment `key` (never creates one: gpsd does).
+    /// Fails if it is smaller than [`SHM_LEN`].
+    pub fn attach(key: libc::key_t) -> io::Result<ShmSegment> {
+        // SAFETY: shmget takes integers only and returns an id or -1.
+        let id = unsafe { libc::shmget(key, 0, 0) };
+        if id < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ShmSegment::attach_id(id)
+    }
+
+    /// Create segment `key` with permissions `mode` (e.g. 0o600) and attach to it:
+    /// what gpsd does; strata's own tests use it to play gpsd. Unlike gpsd it refuses
+    /// (EEXIST) to take over a segment that already exists.
+    pub fn create(key: libc::key_t, mode: u32) -> io::Result<ShmSegment> {
+        let flags = libc::IPC_CREAT | libc::IPC_EXCL | (mode & 0o777) as libc::c_int;
+        // SAFETY: shmget takes integers only and returns an id or -1.
+        let id = unsafe { libc::shmget(key, SHM_LEN, flags) };
+        if id < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ShmSegment::attach_id(id)
+    }
+
+    fn attach_id(id: libc::c_int) -> io::Result<ShmSegment> {
+        // SAFETY: shmid_ds is a plain C struct of integers for which all zero bytes is
+        // a valid value; IPC_STAT fills it in.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is a valid, exclusively borrowed shmid_ds for the call.
+        if unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if ds.shm_segsz < SHM_LEN {
+            return Err(io::Error::other(format!("SHM segment is {} bytes, need {SHM_LEN}", ds.shm_segsz)));
+        }
+        // SAFETY: a null address lets the kernel choose where to map; flags 0 maps
+        // read-write. The result is a new mapping no Rust object refers to, or -1.
+        let addr = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+        if addr as isize == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let addr = std::ptr::NonNull::new(addr.cast::<u32>()).ok_or_else(|| io::Error::other("shmat returned null"))?;
+        Ok(ShmSegment { addr, id })
+    }
+
+    /// The segment's id (for [`ShmSegment::remove`] by a test playing gpsd).
+    pub fn id(&self) -> libc::c_int {
+        self.id
+    }
+
+    fn word(&self, index: usize) -> *mut u32 {
+        debug_assert!(index < SHM_LEN / 4);
+        // The offset stays within the SHM_LEN bytes checked at attach time.
+        self.addr.as_ptr().wrapping_add(index)
+    }
+
+    /// A copy of the first [`SHM_LEN`] bytes (see the type's note on ordering).
+    pub fn snapshot(&self) -> [u8; SHM_LEN] {
+        use std::sync::atomic::{Ordering, fence};
+        let mut out = [0u8; SHM_LEN];
+        for (i, chunk) in out.chunks_exact_mut(4).enumerate() {
+            // SAFETY: `word(i)` is 4-aligned and within the mapping (i < SHM_LEN / 4,
+            // the segment is at least SHM_LEN bytes, mapped until drop); a volatile
+            // read of a u32 there is valid for any bits another process left.
+            let w = unsafe { self.word(i).read_volatile() };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+            if i == 1 {
+                fence(Ordering::Acquire); // mode and count before the fields
+            }
+        }
+        fence(Ordering::Acquire); // the fields before whatever is read next
+        out
+    }
+
+    /// Write 0 to `valid`: the sample has been taken.
+    pub fn clear_valid(&self) {
+        // SAFETY: as in `snapshot`: an aligned word inside the read-write mapping.
+        unsafe { self.word(SHM_VALID_OFFSET / 4).write_volatile(0) };
+    }
+
+    /// Overwrite the first [`SHM_LEN`] bytes, word by word in order: what a writer
+    /// does (a test playing gpsd sets `count` and `valid` around it itself).
+    pub fn write(&self, image: &[u8; SHM_LEN]) {
+        for (i, chunk) in image.chunks_exact(4).enumerate() {
+            let w = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            // SAFETY: as in `snapshot`: an aligned word inside the read-write mapping.
+            unsafe { self.word(i).write_volatile(w) };
+        }
+    }
+
+    /// Mark the segment for removal (IPC_RMID): it goes away once every process has
+    /// detached. For the creator (gpsd, or a test playing it).
+    pub fn remove(&self) -> io::Result<()> {
+        // SAFETY: IPC_RMID reads no buffer; a null pointer is allowed.
+        if unsafe { libc::shmctl(self.id, libc::IPC_RMID, std::ptr::null_mut()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ShmSegment {
+    fn drop(&mut self) {
+        // SAFETY: `addr` is the address shmat returned and is detached only here; no
+        // reference into the mapping outlives `self` (all access is by value).
+        unsafe { libc::shmdt(self.addr.as_ptr().cast()) };
+    }
+}
+
+#[cfg(test)]
+mod shm_tests {
+    use super::*;
+
+    /// A key no one else uses: created exclusively, so a clash fails instead of
+    /// taking over someone's segment; retried on clash.
+    fn create_private() -> ShmSegment {
+        let pid = std::process::id() as i32;
+        for salt in 0..64 {
+            let key = 0x5354_0000 ^ (pid << 6) ^ salt;
+            match ShmSegment::create(key, 0o600) {
+                Ok(s) => return s,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => panic!("shmget: {e}"),
+            }
+        }
+        panic!("no free SHM key")
+    }
+
+    fn key_of(seg: &ShmSegment) -> libc::key_t {
+        // SAFETY: as in attach_id: a zeroed shmid_ds filled in by IPC_STAT.
+        let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is valid and exclusively borrowed for the call.
+        assert_eq!(unsafe { libc::shmctl(seg.id(), libc::IPC_STAT, &mut ds) }, 0);
+        ds.shm_perm.__key
+    }
+
+    #[test]
+    fn a_writer_and_a_reader_share_the_segment() {
+        let writer = create_private();
+        let key = key_of(&writer);
+        let reader = ShmSegment::attach(key).unwrap();
+        assert_eq!(reader.snapshot(), [0; SHM_LEN], "a new segment is zeroed");
+
+        let mut image = [0u8; SHM_LEN];
+        for (i, b) in image.iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        image[SHM_VALID_OFFSET..SHM_VALID_OFFSET + 4].copy_from_slice(&1i32.to_ne_bytes());
+        writer.write(&image);
+        assert_eq!(reader.snapshot(), image);
+
+        reader.clear_valid();
+        let seen = writer.snapshot();
+        assert_eq!(&seen[SHM_VALID_OFFSET..SHM_VALID_OFFSET + 4], &[0; 4]);
+        assert_eq!(seen[..SHM_VALID_OFFSET], image[..SHM_VALID_OFFSET]);
+        assert_eq!(seen[SHM_VALID_OFFSET + 4..], image[SHM_VALID_OFFSET + 4..]);
+
+        drop(reader);
+        writer.remove().unwrap();
+        drop(writer);
+        let gone = ShmSegment::attach(key).unwrap_err();
+        assert_eq!(gone.raw_os_error(), Some(libc::ENOENT), "{gone}");
+    }
+
+    #[test]
+    fn attach_never_creates() {
+        let writer = create_private();
+        let key = key_of(&writer);
+        writer.remove().unwrap();
+        drop(writer);
+        assert_eq!(ShmSegment::attach(key).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn a_segment_too_small_is_refused() {
+        // SAFETY: shmget takes integers only.
+        let id = unsafe { libc::shmget(libc::IPC_PRIVATE, 16, libc::IPC_CREAT | 0o600) };
+        assert!(id >= 0, "{}", io::Error::last_os_error());
+        let err = ShmSegment::attach_id(id).unwrap_err();
+        // SAFETY: IPC_RMID reads no buffer.
+        unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        assert!(err.to_string().contains("16 bytes"), "{err}");
+    }
+
+    #[test]
+    fn creating_an_existing_key_fails_instead_of_taking_it_over() {
+        let first = create_private();
+        let again = ShmSegment::create(key_of(&first), 0o600).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::EEXIST));
+        first.remove().unwrap();
+    }
+}

@@ -1,0 +1,130 @@
+//! Reference clocks: a SOCK feed (as gpsd writes it) makes strata a stratum-1
+//! server; garbage is refused; losing the feed fails over to NTP and back.
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use strata_tests::appliance::Appliance;
+use strata_tests::{SockFeeder, TestNtpServer, free_udp_port, require_root, scratch_dir};
+
+/// (stratum, reference id) of strata's answer.
+fn ask(port: u16) -> Option<(u8, [u8; 4])> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut request = [0u8; 48];
+    request[0] = 0x23;
+    socket.send_to(&request, ("127.0.0.1", port)).unwrap();
+    let mut reply = [0u8; 48];
+    socket.recv_from(&mut reply).ok()?;
+    Some((reply[1], reply[12..16].try_into().unwrap()))
+}
+
+fn wait_for_answer(port: u16, what: &str, timeout: Duration, want: impl Fn(u8, [u8; 4]) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((stratum, refid)) = ask(port)
+            && want(stratum, refid)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last answer {:?}", ask(port));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const GPS: [u8; 4] = *b"GPS\0";
+
+#[test]
+fn a_sock_feed_makes_strata_stratum_1_and_its_offset_is_tracked() {
+    if !require_root("SOCK refclock") {
+        return;
+    }
+    let dir = scratch_dir("sock-refclock");
+    let sock = dir.join("gps0.sock");
+    let logs = dir.join("log");
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[refclock]]\ndriver = \"sock:{}\"\nrefid = \"GPS\"\n\n\
+         [logs]\ndir = \"{}\"\nkinds = [\"tracking\"]\n",
+        sock.display(),
+        logs.display()
+    );
+    let _appliance = Appliance::start_with_clock("sock-refclock", Some(&server), "backend = \"none\"");
+    let _feed = SockFeeder::start(&sock, 0.000_25, Duration::from_millis(200));
+    wait_for_answer(port, "stratum 1 from the refclock", Duration::from_secs(10), |s, r| s == 1 && r == GPS);
+    // The offset strata measured is the feed's (no jitter in this feed).
+    std::thread::sleep(Duration::from_secs(1));
+    let tracking = std::fs::read_to_string(logs.join("tracking.log")).unwrap();
+    let last = tracking.lines().last().unwrap();
+    let offset: f64 = last.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert!((offset - 0.000_25).abs() < 2e-6, "tracking says {offset} s: {last}");
+}
+
+#[test]
+fn a_garbage_feed_is_refused_and_never_selected() {
+    if !require_root("garbage SOCK feed") {
+        return;
+    }
+    let dir = scratch_dir("sock-garbage");
+    let sock = dir.join("gps0.sock");
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[refclock]]\ndriver = \"sock:{}\"\n",
+        sock.display()
+    );
+    let _appliance = Appliance::start_with_clock("sock-garbage", Some(&server), "backend = \"none\"");
+    let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let now = std::time::SystemTime::now();
+        let wrong_magic = strata_tests::sock_sample(now, 0.0, 0x1234_5678);
+        let mut absurd = strata_tests::sock_sample(now, 0.0, strata_tests::SOCK_MAGIC);
+        absurd[16..24].copy_from_slice(&f64::NAN.to_ne_bytes());
+        for datagram in [&wrong_magic[..], &absurd[..], &wrong_magic[..20], &[0u8; 64][..]] {
+            let _ = socket.send_to(datagram, &sock);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(ask(port).map(|a| a.0), Some(0), "strata took a garbage feed for a reference");
+    }
+}
+
+#[test]
+fn losing_the_feed_fails_over_to_ntp_and_back_without_a_step() {
+    if !require_root("refclock failover") {
+        return;
+    }
+    let dir = scratch_dir("failover");
+    let sock = dir.join("gps0.sock");
+    let model = dir.join("clock-model");
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let start =
+        strata_proto::clock_model::ClockModel { reference_ns: now_ns, slew_end_ns: now_ns, ..Default::default() };
+    std::fs::write(&model, start.encode(1)).unwrap();
+    let upstream = TestNtpServer::start("127.0.0.41:0", 0.0);
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[upstream]]\naddress = \"{}\"\niburst = true\nminpoll = -2\nmaxpoll = -1\n\n\
+         [[refclock]]\ndriver = \"sock:{}\"\nrefid = \"GPS\"\nprefer = true\n",
+        upstream.address,
+        sock.display()
+    );
+    let clock = format!("backend = \"simulated:{}\"\nmakestep = {{ threshold = 0.1, limit = 3 }}", model.display());
+    let appliance = Appliance::start_with_clock("failover", Some(&server), &clock);
+    let feed = SockFeeder::start(&sock, 0.000_1, Duration::from_millis(250));
+    wait_for_answer(port, "the refclock selected", Duration::from_secs(15), |s, r| s == 1 && r == GPS);
+
+    feed.pause(true);
+    let stopped = Instant::now();
+    wait_for_answer(port, "failover to NTP", Duration::from_secs(20), |s, r| s == 2 && r == [127, 0, 0, 41]);
+    eprintln!("failed over {:?} after the feed stopped", stopped.elapsed());
+
+    feed.pause(false);
+    let resumed = Instant::now();
+    wait_for_answer(port, "back to the refclock", Duration::from_secs(20), |s, r| s == 1 && r == GPS);
+    // Hysteresis: not before the returning feed has proven itself for 4 samples.
+    assert!(resumed.elapsed() >= Duration::from_millis(700), "switched back after {:?}", resumed.elapsed());
+    assert_eq!(appliance.status().clock_steps_used, 0, "a switch stepped the clock");
+}
