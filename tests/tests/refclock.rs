@@ -128,3 +128,60 @@ fn losing_the_feed_fails_over_to_ntp_and_back_without_a_step() {
     assert!(resumed.elapsed() >= Duration::from_millis(700), "switched back after {:?}", resumed.elapsed());
     assert_eq!(appliance.status().clock_steps_used, 0, "a switch stepped the clock");
 }
+
+/// An NTP SHM segment image (struct shmTime, 96 bytes on x86_64) as gpsd writes it:
+/// mode 1, the given count, reference = receive time + `offset_s`, valid.
+fn shm_image(count: i32, offset_s: f64) -> [u8; 96] {
+    let receive = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let reference = receive + Duration::from_secs_f64(offset_s);
+    let mut b = [0u8; 96];
+    let put32 = |b: &mut [u8; 96], at: usize, v: i32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    put32(&mut b, 0, 1); // mode
+    put32(&mut b, 4, count);
+    b[8..16].copy_from_slice(&(reference.as_secs() as i64).to_ne_bytes());
+    put32(&mut b, 16, reference.subsec_micros() as i32);
+    b[24..32].copy_from_slice(&(receive.as_secs() as i64).to_ne_bytes());
+    put32(&mut b, 32, receive.subsec_micros() as i32);
+    put32(&mut b, 40, -20); // precision
+    put32(&mut b, 48, 1); // valid
+    b[52..56].copy_from_slice(&reference.subsec_nanos().to_ne_bytes());
+    b[56..60].copy_from_slice(&receive.subsec_nanos().to_ne_bytes());
+    b
+}
+
+#[test]
+fn an_shm_feed_makes_strata_stratum_1() {
+    if !require_root("SHM refclock") {
+        return;
+    }
+    // Play gpsd: create the segment of unit 217 (0666, as gpsd does for units ≥ 2).
+    let unit = 217u8;
+    let segment = strata_sys::ShmSegment::create(0x4e54_5030 + i32::from(unit), 0o666).expect("create the SHM segment");
+    segment.write(&shm_image(1, 0.000_3));
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[refclock]]\ndriver = \"shm:{unit}\"\nrefid = \"GPS\"\n"
+    );
+    let appliance = Appliance::start_with_clock("shm-refclock", Some(&server), "backend = \"none\"");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut count = 2;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                segment.write(&shm_image(count, 0.000_3));
+                count += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            segment.remove().unwrap();
+        })
+    };
+    let result = std::panic::catch_unwind(|| {
+        wait_for_answer(port, "stratum 1 from the SHM refclock", Duration::from_secs(15), |s, r| s == 1 && r == GPS);
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(appliance.log().contains("SHM refclock attached"), "{}", appliance.log());
+    result.unwrap();
+}

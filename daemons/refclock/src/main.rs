@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
@@ -13,9 +14,6 @@ use strata_proto::ipc::{
 };
 use tracing::{debug, info, warn};
 
-// The NTP shared-memory format: parsed and tested; its driver (attaching the
-// segment gpsd creates) is not wired in yet.
-#[cfg_attr(not(test), allow(dead_code))]
 mod shm;
 mod sock;
 
@@ -23,9 +21,15 @@ fn main() -> ExitCode {
     child::run::<RefclockReader>()
 }
 
+/// How often SHM segments are looked at (chrony's default `dpoll 0`: every second).
+const SHM_READ_EVERY: Duration = Duration::from_secs(1);
+
 struct RefclockReader {
     /// SOCK refclocks: (index in the configuration, the socket gpsd writes to).
     sockets: Vec<(u16, UnixDatagram)>,
+    /// SHM refclocks: (index, the segment gpsd writes to).
+    segments: Vec<(u16, strata_sys::ShmSegment)>,
+    next_shm_read: Instant,
     status: RefclockStatus,
 }
 
@@ -47,16 +51,24 @@ impl Service for RefclockReader {
                 other => return Err(format!("the refclock reader takes no {other:?}")),
             }
         }
+        let mut segments = Vec::new();
         for (i, driver) in settings.refclocks.iter().enumerate() {
             match driver {
                 RefclockDriverSettings::Sock => info!(refclock = i, "SOCK refclock"),
-                RefclockDriverSettings::Shm { unit } => {
-                    warn!(refclock = i, unit, "SHM refclocks are not read yet by this build")
-                }
+                // Attached before the sandbox (no shmget/shmat after it). The segment
+                // is gpsd's: strata never creates one, and it must be readable and
+                // writable by this process's user (gpsd makes units 2 and up 0666).
+                RefclockDriverSettings::Shm { unit } => match strata_sys::ShmSegment::attach(shm::key(*unit)) {
+                    Ok(segment) => {
+                        info!(refclock = i, unit, "SHM refclock attached");
+                        segments.push((i as u16, segment));
+                    }
+                    Err(e) => warn!(refclock = i, unit, "SHM segment not available (is gpsd running?): {e}"),
+                },
             }
         }
         let status = RefclockStatus { refclocks: settings.refclocks.len() as u16, ..RefclockStatus::default() };
-        Ok(RefclockReader { sockets, status })
+        Ok(RefclockReader { sockets, segments, next_shm_read: Instant::now(), status })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -101,6 +113,35 @@ impl Service for RefclockReader {
                 Err(e) => {
                     self.status.samples_rejected += 1;
                     debug!(refclock, "SOCK sample rejected: {e:?}");
+                }
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        (!self.segments.is_empty()).then_some(self.next_shm_read)
+    }
+
+    fn on_wakeup(&mut self, now: Instant, out: &mut Outbox) {
+        self.next_shm_read = now + SHM_READ_EVERY;
+        for (refclock, segment) in &self.segments {
+            match shm::read(|| segment.snapshot()) {
+                Ok(sample) => {
+                    segment.clear_valid();
+                    self.status.samples_sent += 1;
+                    out.send(&RefclockToEngine::Sample(RefclockSample {
+                        refclock: *refclock,
+                        system_time_ns: sample.receive_time_ns,
+                        offset_s: sample.offset_s(),
+                        dispersion_s: 0.0,
+                    }));
+                }
+                Err(shm::ShmError::NoNewSample | shm::ShmError::Busy) => {}
+                Err(e) => {
+                    // Consumed, counted, never passed on.
+                    segment.clear_valid();
+                    self.status.samples_rejected += 1;
+                    debug!(refclock, "SHM sample rejected: {e}");
                 }
             }
         }
