@@ -50,6 +50,11 @@ struct RefclockSource {
 /// Samples a refclock must deliver after a silence before it is selectable again.
 const REFCLOCK_RETURN_SAMPLES: u32 = 4;
 
+/// At start-up, selection waits (up to this long) until a majority of the
+/// configured sources have samples: otherwise whichever source answers first,
+/// a falseticker included, is selected alone for a moment.
+const STARTUP_QUORUM_WAIT: Duration = Duration::from_secs(15);
+
 /// Source ids of refclocks start here, after any number of upstreams.
 const REFCLOCK_ID_BASE: u32 = 1 << 16;
 
@@ -72,6 +77,8 @@ pub struct Timekeeper {
     discipline: Discipline,
     selection_config: SelectionConfig,
     local_stratum: Option<u8>,
+    /// When the engine started: see [`STARTUP_QUORUM_WAIT`].
+    started: Instant,
     /// Report log records to the supervisor (a statistics log is configured).
     log_records: bool,
     /// The adjuster's latest report; `None` while it is down.
@@ -148,6 +155,7 @@ impl Timekeeper {
             discipline,
             selection_config,
             local_stratum: settings.local_stratum,
+            started: Instant::now(),
             log_records: settings.log_records,
             clock: None,
             system_peer: None,
@@ -324,7 +332,9 @@ impl Timekeeper {
                     && r.samples_since_silence >= REFCLOCK_RETURN_SAMPLES,
             });
         }
-        let selection = select(&candidates, now, &self.selection_config);
+        let configured = self.upstreams.len() + self.refclocks.len();
+        let quorum = if self.started.elapsed() < STARTUP_QUORUM_WAIT { configured / 2 + 1 } else { 1 };
+        let selection = select(if candidates.len() >= quorum { &candidates } else { &[] }, now, &self.selection_config);
         self.publish(&selection, now);
         let Some(system) = selection.combined else { return };
         if self.system_peer != selection.system_peer {
