@@ -229,21 +229,6 @@ fn default_maxdelay() -> f64 {
     3.0
 }
 
-/// A poll interval as a power of two seconds (chrony: -6 ..= 24).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(try_from = "i64")]
-pub struct PollLog2(pub i8);
-impl TryFrom<i64> for PollLog2 {
-    type Error = String;
-    fn try_from(v: i64) -> Result<Self, String> {
-        if (-6..=24).contains(&v) {
-            Ok(PollLog2(v as i8))
-        } else {
-            Err(format!("a poll interval (log2 seconds) must be between -6 and 24, not {v}"))
-        }
-    }
-}
-
 /// chrony's `makestep threshold limit`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -331,16 +316,22 @@ impl RestartPolicy {
     }
 }
 
+/// A number checked against its range while it is parsed, so that the error
+/// points at the value: `bounded!(Name, min, max, "what")` (a u32) or
+/// `bounded!(Name: i8, min, max, "what")`.
 macro_rules! bounded {
     ($name:ident, $min:expr, $max:expr, $what:literal) => {
+        bounded!($name: u32, $min, $max, $what);
+    };
+    ($name:ident: $ty:ty, $min:expr, $max:expr, $what:literal) => {
         #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
         #[serde(try_from = "i64")]
-        pub struct $name(pub u32);
+        pub struct $name(pub $ty);
         impl TryFrom<i64> for $name {
             type Error = String;
             fn try_from(v: i64) -> Result<Self, String> {
                 if (i64::from($min)..=i64::from($max)).contains(&v) {
-                    Ok($name(v as u32))
+                    Ok($name(v as $ty))
                 } else {
                     Err(format!("{} must be between {} and {}, not {v}", $what, $min, $max))
                 }
@@ -545,19 +536,9 @@ impl Default for RateLimitConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(try_from = "i64")]
-pub struct RateInterval(pub i8);
-impl TryFrom<i64> for RateInterval {
-    type Error = String;
-    fn try_from(v: i64) -> Result<Self, String> {
-        if (-19..=12).contains(&v) {
-            Ok(RateInterval(v as i8))
-        } else {
-            Err(format!("a rate-limit interval (log2 seconds) must be between -19 and 12, not {v}"))
-        }
-    }
-}
+bounded!(RateInterval: i8, -19, 12, "a rate-limit interval (log2 seconds)");
+// A poll interval as a power of two seconds (chrony: -6 ..= 24).
+bounded!(PollLog2: i8, -6, 24, "a poll interval (log2 seconds)");
 
 bounded!(Threads, 1, 64, "a number of serving threads");
 bounded!(NtpVersion, 1, 4, "an NTP version");
