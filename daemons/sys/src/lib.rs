@@ -5,6 +5,8 @@
 //! which they are called is the caller's (see `strata-process`'s `sandbox`).
 #![allow(unsafe_code)] // the workspace denies it; this crate is the documented exception
 
+pub mod ptp;
+
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
