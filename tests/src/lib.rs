@@ -262,16 +262,23 @@ pub const SOCK_MAGIC: u32 = 0x534f_434b;
 
 impl SockFeeder {
     pub fn start(path: &std::path::Path, offset_s: f64, every: Duration) -> SockFeeder {
+        SockFeeder::start_to(vec![path.to_path_buf()], offset_s, every)
+    }
+
+    /// The same samples to several readers (strata and a chronyd cross-check).
+    pub fn start_to(paths: Vec<std::path::PathBuf>, offset_s: f64, every: Duration) -> SockFeeder {
         use std::sync::atomic::{AtomicBool, Ordering};
         let paused = std::sync::Arc::new(AtomicBool::new(false));
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let (p, s) = (std::sync::Arc::clone(&paused), std::sync::Arc::clone(&stop));
-        let path = path.to_path_buf();
         let thread = std::thread::spawn(move || {
             let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
             while !s.load(Ordering::Relaxed) {
                 if !p.load(Ordering::Relaxed) {
-                    let _ = socket.send_to(&sock_sample(std::time::SystemTime::now(), offset_s, SOCK_MAGIC), &path);
+                    let sample = sock_sample(std::time::SystemTime::now(), offset_s, SOCK_MAGIC);
+                    for path in &paths {
+                        let _ = socket.send_to(&sample, path);
+                    }
                 }
                 std::thread::sleep(every);
             }

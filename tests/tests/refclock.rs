@@ -185,3 +185,58 @@ fn an_shm_feed_makes_strata_stratum_1() {
     assert!(appliance.log().contains("SHM refclock attached"), "{}", appliance.log());
     result.unwrap();
 }
+
+#[test]
+fn chronyd_reading_the_same_feed_reports_the_same_offset() {
+    if !strata_tests::require_tool("chronyd cross-check", "chronyd") || !require_root("chronyd cross-check") {
+        return;
+    }
+    let dir = scratch_dir("sock-chronyd");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let strata_sock = dir.join("strata.sock");
+    let chrony_sock = dir.join("chrony.sock");
+    let logs = dir.join("log");
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[refclock]]\ndriver = \"sock:{}\"\n\n[logs]\ndir = \"{}\"\nkinds = [\"tracking\"]\n",
+        strata_sock.display(),
+        logs.display()
+    );
+    let _appliance = Appliance::start_with_clock("sock-chronyd", Some(&server), "backend = \"none\"");
+    // chronyd -x: measures, never touches this machine's clock; no NTP port.
+    let conf = dir.join("chrony.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "refclock SOCK {} refid GPS poll 0\nlogdir {1}\nlog refclocks\nport 0\ncmdport 0\n\
+             bindcmdaddress {1}/chronyd.cmd\npidfile {1}/chronyd.pid\n",
+            chrony_sock.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut chronyd = std::process::Command::new("chronyd")
+        .args(["-x", "-d", "-f"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    strata_tests::wait_for("chronyd's socket", Duration::from_secs(5), || chrony_sock.exists().then_some(()));
+    let feed = SockFeeder::start_to(vec![strata_sock, chrony_sock], 0.000_37, Duration::from_millis(200));
+    wait_for_answer(port, "stratum 1 from the refclock", Duration::from_secs(10), |s, r| s == 1 && r == GPS);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(feed);
+    let _ = chronyd.kill();
+    let _ = chronyd.wait();
+
+    let last = |text: &str, column: usize| -> f64 {
+        let line = text.lines().filter(|l| l.starts_with("20")).last().unwrap_or_else(|| panic!("no data in\n{text}"));
+        line.split_whitespace().nth(column).unwrap().parse().unwrap()
+    };
+    let chrony = last(&std::fs::read_to_string(dir.join("refclocks.log")).unwrap(), 7);
+    let strata = last(&std::fs::read_to_string(logs.join("tracking.log")).unwrap(), 6);
+    assert!((chrony - 0.000_37).abs() < 2e-6, "chronyd's cooked offset {chrony}");
+    assert!((strata - chrony).abs() < 2e-6, "strata {strata} s, chronyd {chrony} s");
+}
