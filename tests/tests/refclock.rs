@@ -232,7 +232,7 @@ fn chronyd_reading_the_same_feed_reports_the_same_offset() {
     let _ = chronyd.wait();
 
     let last = |text: &str, column: usize| -> f64 {
-        let line = text.lines().filter(|l| l.starts_with("20")).last().unwrap_or_else(|| panic!("no data in\n{text}"));
+        let line = text.lines().rev().find(|l| l.starts_with("20")).unwrap_or_else(|| panic!("no data in\n{text}"));
         line.split_whitespace().nth(column).unwrap().parse().unwrap()
     };
     let chrony = last(&std::fs::read_to_string(dir.join("refclocks.log")).unwrap(), 7);
