@@ -108,6 +108,10 @@ fn only_the_adjuster_may_adjust_a_clock_and_it_has_no_sockets_to_open() {
             assert!(!named(&policy, clock_call), "{} may call {clock_call}", policy.process);
         }
     }
+    // The refclock reader's ioctls are pinned to the PTP requests: a terminal
+    // ioctl (TCGETS) kills it.
+    let ioctl = REFCLOCK.syscalls.iter().find(|(n, _)| *n == "ioctl").unwrap().1;
+    assert_eq!(run(REFCLOCK.program, AUDIT_ARCH, ioctl, [3, 0x5401, 0, 0, 0, 0]), RET_KILL_PROCESS);
     for call in ["socket", "connect", "bind", "sendto", "recvfrom", "open", "openat", "execve"] {
         assert!(!named(&ADJUST, call), "the adjuster may call {call}");
     }

@@ -427,6 +427,8 @@ pub enum RefclockDriverSettings {
     Sock,
     /// The NTP shared-memory segment of this unit (key 0x4e545030 + unit).
     Shm { unit: u8 },
+    /// A PTP hardware clock (a `PhcRefclock` resource); `tai`: it counts TAI.
+    Phc { tai: bool },
 }
 
 /// How the engine treats one refclock as a source.
@@ -483,6 +485,9 @@ pub enum Resource {
     PhcDevice { writable: bool },
     /// The datagram socket refclock number `refclock` receives SOCK samples on.
     SockSocket { refclock: u16 },
+    /// The PTP hardware clock refclock number `refclock` reads (opened read-write:
+    /// Linux ≥ 6.15 requires it for external timestamps).
+    PhcRefclock { refclock: u16 },
 }
 
 // ---------------------------------------------------------------------------

@@ -51,7 +51,12 @@ fn a_real_chrony_conf_imports_and_the_result_passes_check_config() {
         let expected = format!("{chrony}:{line}: {directive}: {reason}\n");
         assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
     };
-    listed(refclock, "refclock", "refclocks arrive with the refclock reader (issue 5)");
+    // The PHC refclock converts; its poll/dpoll have no strata equivalent and are named.
+    listed(
+        refclock,
+        "refclock",
+        "option `poll 3`: strata reads a refclock every second and filters it like an NTP source; no such option yet",
+    );
     for line in cmdallow {
         listed(line, "cmdallow", "the control plane is configured in strata's [control] (not yet)");
     }
@@ -65,6 +70,8 @@ fn a_real_chrony_conf_imports_and_the_result_passes_check_config() {
     // The refclock stays in the output for the operator, and the servers, the
     // allow lines and the local stratum are converted.
     assert!(toml.contains("# line 2: refclock PHC /dev/ptp0 poll 3 dpoll -2"), "{toml}");
+    assert!(toml.contains("[[refclock]]") && toml.contains("driver = \"phc:/dev/ptp0\""), "{toml}");
+    assert!(toml.contains("precision = 0.000000001") && toml.contains("prefer = true"), "{toml}");
     assert_eq!(toml.matches("[[upstream]]").count(), 4, "{toml}");
     assert!(toml.contains("\"allow 192.168.0.0/16\""), "{toml}");
     assert!(toml.contains("local-stratum = 2"), "{toml}");

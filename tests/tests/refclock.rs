@@ -240,3 +240,23 @@ fn chronyd_reading_the_same_feed_reports_the_same_offset() {
     assert!((chrony - 0.000_37).abs() < 2e-6, "chronyd's cooked offset {chrony}");
     assert!((strata - chrony).abs() < 2e-6, "strata {strata} s, chronyd {chrony} s");
 }
+
+#[test]
+fn a_phc_refclock_that_is_no_phc_is_read_and_refused_without_killing_the_reader() {
+    if !require_root("PHC refclock") {
+        return;
+    }
+    // No /dev/ptp* here: /dev/null answers the PTP ioctls with ENOTTY. The reader's
+    // filter lets exactly those requests through, so it must survive them.
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[refclock]]\ndriver = \"phc:/dev/null\"\nrefid = \"PHC\"\n"
+    );
+    let appliance = Appliance::start_with_clock("phc-null", Some(&server), "backend = \"none\"");
+    let reader = appliance.pid_of("refclock");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(appliance.pid_of("refclock"), reader, "the reader was re-spawned:\n{}", appliance.log());
+    assert_eq!(ask(port).map(|a| a.0), Some(0), "a PHC that is none was taken for a reference");
+    assert!(appliance.log().contains("PHC refclock"), "{}", appliance.log());
+}

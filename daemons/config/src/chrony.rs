@@ -39,7 +39,6 @@ pub struct Unsupported {
 const ONE_FILE: &str = "strata reads one file";
 const LOGS: &str = "strata writes no banner or change log; its [logs] are measurements, statistics, tracking and \
                     refclocks";
-const REFCLOCK: &str = "refclocks arrive with the refclock reader (issue 5)";
 const CONTROL: &str = "the control plane is configured in strata's [control] (not yet)";
 const NTS: &str = "strata has no NTS yet (neither as a server nor towards its upstreams)";
 const RTC: &str = "strata does not track, trim or set the real-time clock (RTC)";
@@ -50,7 +49,6 @@ const OBSOLETE: &str = "obsolete: chrony 4 ignores it too";
 fn unsupported_directive(directive: &str) -> &'static str {
     match directive {
         "include" | "confdir" | "sourcedir" => ONE_FILE,
-        "refclock" => REFCLOCK,
         "cmdallow" | "cmddeny" | "cmdport" | "bindcmdaddress" | "bindcmddevice" | "cmdratelimit" => CONTROL,
         "logbanner" | "logchange" => LOGS,
         "mailonchange" => "strata sends no mail: alarms go to its log and to status.json",
@@ -196,6 +194,7 @@ struct Importer {
     /// `allow`/`deny` in order: the comment, the rule.
     access: Vec<(String, String)>,
     upstreams: Vec<Item>,
+    refclocks: Vec<Item>,
     /// Whole lines left out: the comment, the reason.
     left_out: Vec<(String, String)>,
     unsupported: Vec<Unsupported>,
@@ -250,6 +249,7 @@ impl Importer {
             "server" => self.source(line, false),
             "pool" => self.source(line, true),
             "makestep" => self.makestep(line),
+            "refclock" => self.refclock(line),
             "logdir" => match line.args[..] {
                 [dir] => self.logdir = Some((line.comment(), dir.to_string())),
                 _ => self.invalid(line, "`logdir` takes one directory"),
@@ -438,6 +438,72 @@ impl Importer {
         self.upstreams.push(item);
     }
 
+    /// `refclock DRIVER PARAMETER [options]`: PHC, SOCK and SHM have strata drivers.
+    fn refclock(&mut self, line: &Line<'_>) {
+        let [driver, parameter, ref options @ ..] = line.args[..] else {
+            return self.invalid(line, "`refclock` needs a driver and its parameter");
+        };
+        // chrony's PHC parameter may carry `:extpps`, `:nocrossts`, ... after the path.
+        let (path, extras) = parameter.split_once(':').unwrap_or((parameter, ""));
+        let written = match driver.to_ascii_uppercase().as_str() {
+            "PHC" => format!("phc:{path}"),
+            "SOCK" => format!("sock:{path}"),
+            "SHM" => format!("shm:{path}"),
+            other => return self.left_out(line, format!("strata reads PHC, SOCK and SHM refclocks, not {other}")),
+        };
+        if let Err(e) = crate::RefclockDriver::try_from(written.clone()) {
+            return self.left_out(line, format!("strata: {e}"));
+        }
+        let mut keys = Vec::new();
+        let mut left_out = Vec::new();
+        if !extras.is_empty() {
+            left_out.push(format!("driver options `{extras}`: strata's PHC driver has none"));
+        }
+        let mut words = options.iter();
+        while let Some(&word) = words.next() {
+            let option = word.to_ascii_lowercase();
+            if matches!(option.as_str(), "prefer" | "noselect" | "trust" | "require" | "tai") {
+                keys.push(format!("{option} = true"));
+                continue;
+            }
+            let Some(&value) = (!matches!(option.as_str(), "pps" | "local")).then(|| words.next()).flatten() else {
+                left_out.push(format!("option `{option}`: not supported by strata"));
+                continue;
+            };
+            let key = match option.as_str() {
+                "offset" | "delay" | "precision" => float(value).map(|v| format!("{option} = {}", toml_float(v))),
+                "stratum" => int(value).and_then(|v| match u8::try_from(v) {
+                    Ok(s) if s < 16 => Ok(format!("stratum = {s}")),
+                    _ => Err(format!("`{v}` is not a stratum")),
+                }),
+                "refid" if (1..=4).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic()) => {
+                    Ok(format!("refid = {}", toml_string(value)))
+                }
+                _ => {
+                    left_out.push(format!(
+                        "option `{option} {value}`: strata reads a refclock every second and filters it like an NTP \
+                         source; no such option yet"
+                    ));
+                    continue;
+                }
+            };
+            match key {
+                Ok(key) => keys.push(key),
+                Err(why) => return self.invalid(line, format!("`{option}`: {why}")),
+            }
+        }
+        let mut toml = format!("driver = {}\n", toml_string(&written));
+        for key in keys {
+            toml.push_str(&key);
+            toml.push('\n');
+        }
+        let mut item = Item::new(line, toml.trim_end().to_string());
+        for reason in left_out {
+            self.option_left_out(line, &mut item, reason);
+        }
+        self.refclocks.push(item);
+    }
+
     /// `makestep THRESHOLD LIMIT`.
     fn makestep(&mut self, line: &Line<'_>) {
         let [threshold, limit] = line.args[..] else {
@@ -576,6 +642,10 @@ impl Importer {
 
         for item in &self.upstreams {
             out.push_str("\n[[upstream]]\n");
+            push_item(&mut out, item);
+        }
+        for item in &self.refclocks {
+            out.push_str("\n[[refclock]]\n");
             push_item(&mut out, item);
         }
 
@@ -854,7 +924,11 @@ mod tests {
         let expected = [
             (1, "include", ONE_FILE),
             (2, "confdir", ONE_FILE),
-            (3, "refclock", REFCLOCK),
+            (
+                3,
+                "refclock",
+                "option `poll 3`: strata reads a refclock every second and filters it like an NTP source; no such option yet",
+            ),
             (4, "cmdallow", CONTROL),
             (5, "cmdport", CONTROL),
             (6, "bindcmdaddress", CONTROL),

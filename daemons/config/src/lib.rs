@@ -68,6 +68,9 @@ pub struct Refclock {
     /// The refclock's stratum (chrony `stratum`, 0 by default: the server is then 1).
     #[serde(default)]
     pub stratum: u8,
+    /// chrony's `tai`: the PHC counts TAI; UTC = TAI − 37 s (the offset since 2017).
+    #[serde(default)]
+    pub tai: bool,
     #[serde(default)]
     pub prefer: bool,
     #[serde(default)]
@@ -93,6 +96,8 @@ fn default_refclock_precision() -> f64 {
 pub enum RefclockDriver {
     Sock(PathBuf),
     Shm(u8),
+    /// A PTP hardware clock (`/dev/ptpN`), read against the system clock.
+    Phc(PathBuf),
 }
 
 impl TryFrom<String> for RefclockDriver {
@@ -104,10 +109,16 @@ impl TryFrom<String> for RefclockDriver {
             }
             return Ok(RefclockDriver::Sock(PathBuf::from(path)));
         }
+        if let Some(path) = s.strip_prefix("phc:") {
+            if !Path::new(path).is_absolute() {
+                return Err(format!("{path:?} must be an absolute path"));
+            }
+            return Ok(RefclockDriver::Phc(PathBuf::from(path)));
+        }
         if let Some(unit) = s.strip_prefix("shm:") {
             return unit.parse().map(RefclockDriver::Shm).map_err(|_| format!("{unit:?} is not an SHM unit (0-255)"));
         }
-        Err(format!("unknown refclock driver {s:?}: expected \"sock:/PATH\" or \"shm:UNIT\""))
+        Err(format!("unknown refclock driver {s:?}: expected \"sock:/PATH\", \"shm:UNIT\" or \"phc:/dev/ptpN\""))
     }
 }
 

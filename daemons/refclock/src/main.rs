@@ -29,6 +29,8 @@ struct RefclockReader {
     sockets: Vec<(u16, UnixDatagram)>,
     /// SHM refclocks: (index, the segment gpsd writes to).
     segments: Vec<(u16, strata_sys::ShmSegment)>,
+    /// PHC refclocks: (index, the device, whether it counts TAI).
+    phcs: Vec<(u16, std::fs::File, bool)>,
     next_shm_read: Instant,
     status: RefclockStatus,
 }
@@ -39,8 +41,13 @@ impl Service for RefclockReader {
     fn start(settings: Settings, resources: Vec<(Resource, OwnedFd)>) -> Result<Self, String> {
         let Settings::Refclock(settings) = settings else { unreachable!("checked by child::run") };
         let mut sockets = Vec::new();
+        let mut phcs = Vec::new();
         for (resource, fd) in resources {
             match resource {
+                Resource::PhcRefclock { refclock } => match settings.refclocks.get(usize::from(refclock)) {
+                    Some(RefclockDriverSettings::Phc { tai }) => phcs.push((refclock, std::fs::File::from(fd), *tai)),
+                    _ => return Err(format!("refclock {refclock} is not a PHC")),
+                },
                 Resource::SockSocket { refclock }
                     if matches!(settings.refclocks.get(usize::from(refclock)), Some(RefclockDriverSettings::Sock)) =>
                 {
@@ -65,10 +72,11 @@ impl Service for RefclockReader {
                     }
                     Err(e) => warn!(refclock = i, unit, "SHM segment not available (is gpsd running?): {e}"),
                 },
+                RefclockDriverSettings::Phc { tai } => info!(refclock = i, tai, "PHC refclock"),
             }
         }
         let status = RefclockStatus { refclocks: settings.refclocks.len() as u16, ..RefclockStatus::default() };
-        Ok(RefclockReader { sockets, segments, next_shm_read: Instant::now(), status })
+        Ok(RefclockReader { sockets, segments, phcs, next_shm_read: Instant::now(), status })
     }
 
     fn on_linked(&mut self, peer: Role, out: &mut Outbox) {
@@ -119,11 +127,31 @@ impl Service for RefclockReader {
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        (!self.segments.is_empty()).then_some(self.next_shm_read)
+        (!self.segments.is_empty() || !self.phcs.is_empty()).then_some(self.next_shm_read)
     }
 
     fn on_wakeup(&mut self, now: Instant, out: &mut Outbox) {
         self.next_shm_read = now + SHM_READ_EVERY;
+        for (refclock, device, tai) in &self.phcs {
+            // PRECISE, else EXTENDED, else SYS_OFFSET; the least-delay of 5 readings.
+            match strata_sys::ptp::read_phc(&strata_sys::ptp::Phc(device), 5) {
+                Ok(reading) => {
+                    // A PHC counting TAI is 37 s ahead of UTC (since 2017-01-01).
+                    let tai_s = if *tai { 37.0 } else { 0.0 };
+                    self.status.samples_sent += 1;
+                    out.send(&RefclockToEngine::Sample(RefclockSample {
+                        refclock: *refclock,
+                        system_time_ns: reading.system_before_ns + reading.delay_ns() / 2,
+                        offset_s: reading.offset_ns() as f64 * 1e-9 - tai_s,
+                        dispersion_s: reading.delay_ns() as f64 * 0.5e-9,
+                    }));
+                }
+                Err(e) => {
+                    self.status.samples_rejected += 1;
+                    debug!(refclock, "reading the PHC failed: {e}");
+                }
+            }
+        }
         for (refclock, segment) in &self.segments {
             match shm::read(|| segment.snapshot()) {
                 Ok(sample) => {

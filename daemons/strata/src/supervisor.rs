@@ -200,11 +200,22 @@ impl Supervisor {
         // SOCK refclocks: the sockets gpsd writes samples to (chrony's refclock SOCK).
         let mut refclock_sockets = Vec::new();
         for (i, r) in config.refclock.iter().enumerate() {
-            if let strata_config::RefclockDriver::Sock(path) = &r.driver {
-                let _ = std::fs::remove_file(path);
-                let socket = std::os::unix::net::UnixDatagram::bind(path)
-                    .map_err(|source| StartError::ClockModel { path: path.clone(), source })?;
-                refclock_sockets.push((Resource::SockSocket { refclock: i as u16 }, OwnedFd::from(socket)));
+            match &r.driver {
+                strata_config::RefclockDriver::Sock(path) => {
+                    let _ = std::fs::remove_file(path);
+                    let socket = std::os::unix::net::UnixDatagram::bind(path)
+                        .map_err(|source| StartError::ClockModel { path: path.clone(), source })?;
+                    refclock_sockets.push((Resource::SockSocket { refclock: i as u16 }, OwnedFd::from(socket)));
+                }
+                strata_config::RefclockDriver::Phc(path) => {
+                    let device = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(path)
+                        .map_err(|source| StartError::ClockModel { path: path.clone(), source })?;
+                    refclock_sockets.push((Resource::PhcRefclock { refclock: i as u16 }, OwnedFd::from(device)));
+                }
+                strata_config::RefclockDriver::Shm(_) => {}
             }
         }
         let dir = &config.supervisor.runtime_dir;
@@ -450,6 +461,7 @@ impl Supervisor {
                     .map(|r| match r.driver {
                         strata_config::RefclockDriver::Sock(_) => RefclockDriverSettings::Sock,
                         strata_config::RefclockDriver::Shm(unit) => RefclockDriverSettings::Shm { unit },
+                        strata_config::RefclockDriver::Phc(_) => RefclockDriverSettings::Phc { tai: r.tai },
                     })
                     .collect(),
             }),

@@ -280,6 +280,15 @@ int main(void) {
     }
 
     #[test]
+    fn the_refclock_readers_policy_allows_exactly_these_requests() {
+        let policy = strata_policy::REFCLOCK.source;
+        for request in [PTP_SYS_OFFSET, PTP_SYS_OFFSET_PRECISE, PTP_SYS_OFFSET_EXTENDED] {
+            assert!(policy.contains(&format!("\"val\": {request}")), "{request} missing from the refclock policy");
+        }
+        assert_eq!(policy.matches("\"syscall\": \"ioctl\"").count(), 3);
+    }
+
+    #[test]
     fn a_descriptor_that_is_not_a_phc_is_refused_by_the_kernel() {
         let null = std::fs::File::open("/dev/null").unwrap();
         assert!(read_phc(&Phc(&null), 5).is_err());
