@@ -58,7 +58,7 @@ fn link(process: &Standalone, peer: Role) -> (Channel, u64) {
     (ch, link)
 }
 
-/// The adjuster's next answer to the engine, skipping nothing but the handshake.
+/// The adjuster's next answer to the engine after its handshake.
 fn answer(ch: &Channel) -> AdjusterToEngine {
     let mut buf = vec![0u8; MAX_FRAME];
     let deadline = std::time::Instant::now() + WAIT;
