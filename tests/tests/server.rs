@@ -20,18 +20,12 @@ struct Server {
 fn start(access: &[&str], ratelimit: Option<RateLimitSettings>, client_log_limit_bytes: u64) -> Server {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let address = socket.local_addr().unwrap();
+    let Settings::Ntp(demo) = strata_tests::standalone::demo_settings(Role::Ntp) else { unreachable!() };
     let settings = Settings::Ntp(NtpSettings {
-        local_stratum: Some(1),
         access: access.iter().map(|r| r.to_string()).collect(),
         ratelimit,
         client_log_limit_bytes,
-        upstreams: Vec::new(),
-        makestep: None,
-        minsources: 1,
-        initial_frequency: None,
-        leap_sec_mode: 0,
-        log_records: false,
-        refclocks: Vec::new(),
+        ..demo
     });
     let resources = vec![(Resource::NtpSocket { local: address, thread: 0 }, OwnedFd::from(socket))];
     let process = Standalone::start_with(settings, resources);

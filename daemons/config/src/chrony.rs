@@ -423,19 +423,23 @@ impl Importer {
         if let Err(e) = UpstreamAddress::try_from(written.clone()) {
             return self.left_out(line, format!("strata: {e}"));
         }
-        let mut toml = format!("address = {}\n", toml_string(&written));
+        let mut first = vec![format!("address = {}", toml_string(&written))];
         if pool {
-            toml.push_str("pool = true\n");
+            first.push("pool = true".into());
         }
-        for key in keys {
-            toml.push_str(&key);
-            toml.push('\n');
-        }
-        let mut item = Item::new(line, toml.trim_end().to_string());
+        let item = self.table_item(line, first.into_iter().chain(keys), left_out);
+        self.upstreams.push(item);
+    }
+
+    /// A converted `[[table]]` item: its keys, one per line, and the options of its
+    /// line that were left out (named in a comment and in the unsupported list).
+    fn table_item(&mut self, line: &Line<'_>, keys: impl Iterator<Item = String>, left_out: Vec<String>) -> Item {
+        let toml: Vec<String> = keys.collect();
+        let mut item = Item::new(line, toml.join("\n"));
         for reason in left_out {
             self.option_left_out(line, &mut item, reason);
         }
-        self.upstreams.push(item);
+        item
     }
 
     /// `refclock DRIVER PARAMETER [options]`: PHC, SOCK and SHM have strata drivers.
@@ -492,15 +496,8 @@ impl Importer {
                 Err(why) => return self.invalid(line, format!("`{option}`: {why}")),
             }
         }
-        let mut toml = format!("driver = {}\n", toml_string(&written));
-        for key in keys {
-            toml.push_str(&key);
-            toml.push('\n');
-        }
-        let mut item = Item::new(line, toml.trim_end().to_string());
-        for reason in left_out {
-            self.option_left_out(line, &mut item, reason);
-        }
+        let driver = format!("driver = {}", toml_string(&written));
+        let item = self.table_item(line, std::iter::once(driver).chain(keys), left_out);
         self.refclocks.push(item);
     }
 
