@@ -239,6 +239,9 @@ pub enum SupervisorToChild {
     },
     /// Stop cleanly.
     Shutdown,
+    /// The processes as the supervisor sees them; sent to the control plane after
+    /// every change (state, not deltas).
+    Processes(Vec<crate::status::ProcessStatus>),
 }
 
 impl Message for SupervisorToChild {
@@ -455,7 +458,26 @@ pub struct AdjustSettings {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ControlSettings {}
+pub struct ControlSettings {
+    /// Callers whose uid is 0 or whose groups include `admin_gid` may change things;
+    /// those in `read_gid` may read. Anyone else is refused.
+    pub read_gid: Option<u32>,
+    pub admin_gid: Option<u32>,
+    /// The role of a client that passed mutual TLS on the TCP listener.
+    pub tls_role: ControlRole,
+    /// Where the Unix socket is, for the log.
+    pub socket_path: String,
+}
+
+/// What an operator may do through the control plane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ControlRole {
+    /// Neither group: every call is refused.
+    None,
+    #[default]
+    Read,
+    Admin,
+}
 
 /// Which clock the adjuster drives (DESIGN.md, "Clocks").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -488,6 +510,23 @@ pub enum Resource {
     /// The PTP hardware clock refclock number `refclock` reads (opened read-write:
     /// Linux ≥ 6.15 requires it for external timestamps).
     PhcRefclock { refclock: u16 },
+    /// The control plane's listening Unix socket (gRPC, roles from peer credentials).
+    ControlSocket,
+    /// The control plane's listening TCP socket for gRPC over mutual TLS.
+    ControlTlsSocket,
+    /// The listening TCP socket for Prometheus scrapes (`/metrics`).
+    MetricsSocket,
+    /// A PEM file for the TLS listener, opened by the supervisor (the key may be
+    /// readable by root only).
+    TlsFile(TlsFile),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsFile {
+    Certificate,
+    PrivateKey,
+    /// The CA that client certificates must chain to.
+    ClientCa,
 }
 
 // ---------------------------------------------------------------------------
@@ -598,6 +637,26 @@ pub enum ControlToEngine {
     ReadStatus,
     /// The busiest clients of the client log (chronyc `clients`).
     ReadClients,
+    /// Operator commands; each is answered with exactly one `Done`, in order.
+    AddSource(AddSource),
+    DeleteSource(SocketAddr),
+    /// One source (or all with `None`) polled again or no longer.
+    SetOnline { address: Option<SocketAddr>, online: bool },
+    Reselect,
+    /// A run-time access rule in chrony's syntax without the verb ("10.0.0.0/8", "all").
+    Access { allow: bool, rule: String },
+    /// The adjuster authorised one operator step: take it at the next estimate.
+    StepAuthorised,
+}
+
+/// `stratactl add server`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddSource {
+    pub address: SocketAddr,
+    pub iburst: bool,
+    pub prefer: bool,
+    pub minpoll: Option<i8>,
+    pub maxpoll: Option<i8>,
 }
 channel!(ControlToEngine: Control -> Ntp);
 
@@ -606,6 +665,8 @@ pub enum EngineToControl {
     Hello(Hello),
     Status(EngineStatus),
     Clients(Vec<ClientActivity>),
+    /// The answer to one operator command: what changed, or why nothing did.
+    Done(Result<String, String>),
 }
 
 /// At most this many clients in one `Clients` message (it must fit one frame).
@@ -636,6 +697,72 @@ pub struct EngineStatus {
     pub client_log_bytes: u64,
     pub clock: Option<ClockStatus>,
     pub refclock_samples: u64,
+    pub tracking: TrackingStatus,
+    /// At most [`MAX_SOURCES`].
+    pub sources: Vec<SourceStatus>,
+    /// The latest switches of the system peer, oldest first (at most [`MAX_FAILOVERS`]).
+    pub failovers: Vec<Failover>,
+    pub failovers_total: u64,
+}
+
+/// Sources the engine takes (configured plus added), so a status fits one frame.
+pub const MAX_SOURCES: usize = 48;
+pub const MAX_FAILOVERS: usize = 16;
+
+/// chronyc `tracking`, from the engine's last selection.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrackingStatus {
+    /// The system peer: "IP:port" or a refclock's refid; empty when none.
+    pub reference: String,
+    pub reference_id: u32,
+    pub stratum: u8,
+    pub reference_time_unix_ns: i64,
+    pub offset_s: f64,
+    pub rms_offset_s: f64,
+    pub frequency_ppm: f64,
+    pub skew_ppm: f64,
+    pub root_delay_s: f64,
+    pub root_dispersion_s: f64,
+    /// 0 none, 1 insert, 2 delete, 3 unsynchronised.
+    pub leap: u8,
+    pub synchronised: bool,
+}
+
+/// One line of chronyc `sources` / `sourcestats` / `ntpdata`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub refclock: bool,
+    pub name: String,
+    /// chronyc's state character: `*` `+` `-` `?` `x` `~`, `o` when offline.
+    pub state: char,
+    pub stratum: u8,
+    pub poll_log2: i8,
+    pub reach: u8,
+    pub last_sample_age_s: Option<f64>,
+    pub offset_s: f64,
+    pub jitter_s: f64,
+    pub delay_s: f64,
+    pub dispersion_s: f64,
+    pub samples: u32,
+    pub last_offset_s: f64,
+    pub root_delay_s: f64,
+    pub root_dispersion_s: f64,
+    pub reference_id: u32,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub kod_received: u64,
+    pub prefer: bool,
+    pub noselect: bool,
+    pub online: bool,
+    pub added: bool,
+}
+
+/// A switch of the system peer (refclock ↔ NTP failover and back).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failover {
+    pub time_unix_ns: i64,
+    pub from: String,
+    pub to: String,
 }
 
 /// NTP server counters since the engine started (chronyc `serverstats`).

@@ -22,7 +22,7 @@ pub struct ApplianceStatus {
     pub clock_step_budget: u32,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProcessStatus {
     pub role: String,
     pub pid: Option<u32>,

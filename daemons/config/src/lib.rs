@@ -44,6 +44,71 @@ pub struct Config {
     /// Reference clocks (chrony's `refclock` lines), in order.
     #[serde(default)]
     pub refclock: Vec<Refclock>,
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// The operators' side: the gRPC API (`stratactl`) and Prometheus metrics.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ControlConfig {
+    /// The gRPC Unix socket; default `<runtime-dir>/control.sock`. Anyone may
+    /// connect; what a caller may do follows from its uid and groups.
+    pub socket: Option<PathBuf>,
+    /// Members (primary or supplementary) may call the read-only API.
+    pub read_group: String,
+    /// Members, and root, may also change things (makestep, add/delete sources,
+    /// online/offline, allow/deny).
+    pub admin_group: String,
+    /// `host:port` for Prometheus scrapes of `/metrics` (plain HTTP: bind it to
+    /// a management address). Absent: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// gRPC over TCP with mutual TLS; absent: Unix socket only.
+    pub tls: Option<ControlTls>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: None,
+            read_group: "strata-read".into(),
+            admin_group: "strata-admin".into(),
+            metrics_listen: None,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ControlTls {
+    pub listen: SocketAddr,
+    /// PEM files, opened by the supervisor (the key may be readable by root only).
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Clients must present a certificate that chains to this CA.
+    pub client_ca: PathBuf,
+    /// What a client with a trusted certificate may do: `read` or `admin`.
+    #[serde(default = "default_tls_role")]
+    pub role: TlsRole,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsRole {
+    Read,
+    Admin,
+}
+
+fn default_tls_role() -> TlsRole {
+    TlsRole::Read
+}
+
+impl Config {
+    /// The control socket's path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control.socket.clone().unwrap_or_else(|| self.supervisor.runtime_dir.join("control.sock"))
+    }
 }
 
 /// A reference clock, chrony's `refclock DRIVER PARAMETER [options]`.

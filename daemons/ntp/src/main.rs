@@ -104,9 +104,38 @@ impl Service for Engine {
                 ControlToEngine::ReadStatus => {
                     self.status.server = self.shared.stats();
                     (self.status.clients_logged, self.status.client_log_bytes) = self.shared.client_log_size();
+                    (self.status.tracking, self.status.sources, self.status.failovers, self.status.failovers_total) =
+                        self.timekeeper.status();
                     out.send(&EngineToControl::Status(self.status.clone()));
                 }
                 ControlToEngine::ReadClients => out.send(&EngineToControl::Clients(self.shared.busiest_clients())),
+                // Operator commands: the control plane checked the caller's role;
+                // here each is checked against the engine's own state.
+                ControlToEngine::AddSource(add) => {
+                    out.send(&EngineToControl::Done(self.timekeeper.add_source(&add)));
+                }
+                ControlToEngine::DeleteSource(address) => {
+                    let done = self.timekeeper.delete_source(address, out);
+                    out.send(&EngineToControl::Done(done));
+                }
+                ControlToEngine::SetOnline { address, online } => {
+                    out.send(&EngineToControl::Done(self.timekeeper.set_online(address, online)));
+                }
+                ControlToEngine::Reselect => {
+                    let done = self.timekeeper.reselect(out);
+                    out.send(&EngineToControl::Done(Ok(done)));
+                }
+                ControlToEngine::Access { allow, rule } => {
+                    let done = self.shared.add_access_rule(allow, &rule).map(|()| {
+                        let verb = if allow { "allow" } else { "deny" };
+                        info!("access rule added by an operator: {verb} {rule}");
+                        format!("{verb} {rule}")
+                    });
+                    out.send(&EngineToControl::Done(done));
+                }
+                ControlToEngine::StepAuthorised => {
+                    out.send(&EngineToControl::Done(Ok(self.timekeeper.step_authorised())));
+                }
                 ControlToEngine::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },
             other => return Err(Violation(format!("no channel with {other}"))),

@@ -17,8 +17,9 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, socko
 use nix::sys::time::TimeSpec;
 use strata_process::child::Outbox;
 use strata_proto::ipc::{
-    ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Leap as WireLeap, LogRecord, NtpSettings,
-    RefclockSample, RefclockSourceSettings,
+    AddSource, ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Failover, Leap as WireLeap,
+    LogRecord, MAX_FAILOVERS, MAX_SOURCES, NtpSettings, RefclockSample, RefclockSourceSettings, SourceStatus,
+    TrackingStatus, UpstreamSettings,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 use strata_sync::discipline::{ClockAction, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
@@ -68,6 +69,11 @@ struct Upstream {
     source: NtpSource,
     filter: ClockFilter,
     select: SelectOptions,
+    /// Polled (chronyc `online`), or not (`offline`).
+    online: bool,
+    /// Added at run time by an operator.
+    added: bool,
+    last_sample: Option<(Instant, Sample)>,
 }
 
 pub struct Timekeeper {
@@ -90,6 +96,17 @@ pub struct Timekeeper {
     /// sample for several polls, and feeding it again would count it twice).
     last_used: Option<LocalTime>,
     random: u64,
+    /// Source id of the next upstream an operator adds (ids are never reused).
+    next_id: u32,
+    /// The last selection's verdicts, for the control plane.
+    states: Vec<(SourceId, char)>,
+    tracking: TrackingStatus,
+    /// Mean square of the system offsets (chronyc's "RMS offset"), decaying.
+    mean_square_offset: f64,
+    failovers: std::collections::VecDeque<Failover>,
+    failovers_total: u64,
+    /// The adjuster authorised an operator step; the discipline takes it next.
+    operator_step: bool,
 }
 
 impl Timekeeper {
@@ -99,26 +116,8 @@ impl Timekeeper {
         let mut random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 1u8) | 1;
         let mut upstreams = Vec::new();
         for (i, u) in settings.upstreams.iter().enumerate() {
-            let bind: SocketAddr =
-                if u.address.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-            let socket = UdpSocket::bind(bind).map_err(|e| format!("upstream {}: {e}", u.address))?;
-            socket.connect(u.address).map_err(|e| format!("upstream {}: {e}", u.address))?;
-            socket.set_nonblocking(true).map_err(|e| format!("upstream {}: {e}", u.address))?;
-            setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
-                .map_err(|e| format!("upstream {}: {e}", u.address))?;
-            let select = SelectOptions { prefer: u.prefer, noselect: u.noselect, trust: u.trust, require: u.require };
-            let options = ServerOptions {
-                minpoll: u.minpoll,
-                maxpoll: u.maxpoll,
-                iburst: u.iburst,
-                select,
-                max_delay_s: u.max_delay_s,
-                version: u.version,
-            };
             random = xorshift(random);
-            let source = NtpSource::new(SourceId(i as u32), options, now, random);
-            let filter = ClockFilter::new(FilterConfig { max_delay_s: u.max_delay_s, ..FilterConfig::default() });
-            upstreams.push(Upstream { address: u.address, socket, source, filter, select });
+            upstreams.push(Upstream::new(SourceId(i as u32), u, now, random)?);
         }
         let mut discipline = Discipline::new(DisciplineConfig {
             make_step: settings.makestep.map(|(threshold_s, limit)| MakeStep { threshold_s, limit }),
@@ -161,6 +160,13 @@ impl Timekeeper {
             system_peer: None,
             last_used: None,
             random,
+            next_id: settings.upstreams.len() as u32,
+            states: Vec::new(),
+            tracking: TrackingStatus::default(),
+            mean_square_offset: 0.0,
+            failovers: std::collections::VecDeque::new(),
+            failovers_total: 0,
+            operator_step: false,
         })
     }
 
@@ -175,7 +181,7 @@ impl Timekeeper {
     /// When the next upstream is due.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let now = local_now(&self.shared);
-        self.upstreams.iter().map(|u| u.source.next_poll()).min().map(|at| {
+        self.upstreams.iter().filter(|u| u.online).map(|u| u.source.next_poll()).min().map(|at| {
             let wait_s = at.seconds_since(now).max(0.0);
             Instant::now() + Duration::from_secs_f64(wait_s.min(3600.0))
         })
@@ -185,7 +191,7 @@ impl Timekeeper {
     pub fn poll_due(&mut self) {
         let now = local_now(&self.shared);
         for u in &mut self.upstreams {
-            if u.source.next_poll() > now {
+            if !u.online || u.source.next_poll() > now {
                 continue;
             }
             self.random = xorshift(self.random);
@@ -202,6 +208,10 @@ impl Timekeeper {
 
     /// A reply may be waiting on upstream `index`'s socket.
     pub fn on_readable(&mut self, index: usize, out: &mut Outbox) {
+        // An operator may have deleted a source since the poll that woke us.
+        if index >= self.upstreams.len() {
+            return;
+        }
         let mut buf = [0u8; 1024];
         loop {
             let (len, kernel_ns) = {
@@ -231,6 +241,7 @@ impl Timekeeper {
                 Response::Sample(sample) => {
                     debug!(upstream = %u.address, offset_s = sample.offset_s, delay_s = sample.delay_s, "sample");
                     u.filter.add(sample);
+                    u.last_sample = Some((Instant::now(), sample));
                     if self.log_records {
                         let source = u.address;
                         out.report(ChildToSupervisor::Log(LogRecord::Measurement {
@@ -303,12 +314,24 @@ impl Timekeeper {
     fn reference_id(&self, id: SourceId) -> ReferenceId {
         match id.0.checked_sub(REFCLOCK_ID_BASE) {
             Some(i) => ReferenceId::from_bytes(self.refclocks[i as usize].settings.refid),
-            None => ReferenceId::from_ip(self.upstreams[id.0 as usize].address.ip()),
+            None => self.upstream(id).map_or(ReferenceId::from_bytes(*b"INIT"), |u| ReferenceId::from_ip(u.address.ip())),
         }
     }
 
+    fn upstream(&self, id: SourceId) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.source.id() == id)
+    }
+
     fn peer_address(&self, id: SourceId) -> Option<SocketAddr> {
-        (id.0 < REFCLOCK_ID_BASE).then(|| self.upstreams[id.0 as usize].address)
+        self.upstream(id).map(|u| u.address)
+    }
+
+    /// How operators and logs name a source: its address, or a refclock's refid.
+    fn source_name(&self, id: SourceId) -> String {
+        match id.0.checked_sub(REFCLOCK_ID_BASE) {
+            Some(i) => refid_name(self.refclocks[i as usize].settings.refid),
+            None => self.peer_address(id).map(|a| a.to_string()).unwrap_or_default(),
+        }
     }
 
     /// Selection, discipline, and what the server says.
@@ -336,11 +359,44 @@ impl Timekeeper {
         let quorum = if self.started.elapsed() < STARTUP_QUORUM_WAIT { configured / 2 + 1 } else { 1 };
         let selection = select(if candidates.len() >= quorum { &candidates } else { &[] }, now, &self.selection_config);
         self.publish(&selection, now);
-        let Some(system) = selection.combined else { return };
+        self.states = selection.states.iter().map(|&(id, state)| (id, state.symbol())).collect();
+        let Some(system) = selection.combined else {
+            self.tracking.synchronised = false;
+            return;
+        };
         if self.system_peer != selection.system_peer {
-            let peer = selection.system_peer.map(|id| self.reference_id(id).to_string());
-            info!(?peer, "selected a new system peer");
+            let from = self.system_peer.map(|id| self.source_name(id)).unwrap_or_default();
+            let to = selection.system_peer.map(|id| self.source_name(id)).unwrap_or_default();
+            info!(%from, %to, "selected a new system peer");
+            if self.failovers.len() == MAX_FAILOVERS {
+                self.failovers.pop_front();
+            }
+            self.failovers.push_back(Failover { time_unix_ns: now.0, from, to });
+            self.failovers_total += 1;
             self.system_peer = selection.system_peer;
+        }
+        self.mean_square_offset = if self.tracking.reference_time_unix_ns == 0 {
+            system.offset_s * system.offset_s
+        } else {
+            0.9 * self.mean_square_offset + 0.1 * system.offset_s * system.offset_s
+        };
+        self.tracking = TrackingStatus {
+            reference: selection.system_peer.map(|id| self.source_name(id)).unwrap_or_default(),
+            reference_id: selection.system_peer.map_or(0, |id| self.reference_id(id).to_bits()),
+            stratum: system.stratum,
+            reference_time_unix_ns: now.0,
+            offset_s: -system.offset_s,
+            rms_offset_s: self.mean_square_offset.sqrt(),
+            frequency_ppm: self.discipline.frequency_ppm(),
+            skew_ppm: self.discipline.skew_ppm(),
+            root_delay_s: system.root_delay_s,
+            root_dispersion_s: system.root_dispersion_s,
+            leap: leap_code(system.leap),
+            synchronised: true,
+        };
+        if self.operator_step {
+            self.operator_step = false;
+            self.discipline.step_at_next_update();
         }
         let peer_sample_time =
             selection.system_peer.and_then(|peer| candidates.iter().find(|c| c.id == peer)).map(|c| c.estimate.time);
@@ -406,6 +462,151 @@ impl Timekeeper {
         });
     }
 
+    /// What the control plane shows: tracking, every source, the latest failovers.
+    pub fn status(&self) -> (TrackingStatus, Vec<SourceStatus>, Vec<Failover>, u64) {
+        let now = local_now(&self.shared);
+        let state_of = |id: SourceId| self.states.iter().find(|(s, _)| *s == id).map(|&(_, c)| c);
+        let mut sources = Vec::new();
+        for u in &self.upstreams {
+            let estimate = u.filter.estimate(now);
+            let last = u.last_sample.as_ref();
+            sources.push(SourceStatus {
+                refclock: false,
+                name: u.address.to_string(),
+                state: if u.online { state_of(u.source.id()).unwrap_or('?') } else { 'o' },
+                stratum: last.map_or(0, |(_, s)| s.stratum),
+                poll_log2: u.source.poll_log2(),
+                reach: u.source.reach(),
+                last_sample_age_s: last.map(|(t, _)| t.elapsed().as_secs_f64()),
+                offset_s: estimate.map_or(0.0, |e| e.offset_s),
+                jitter_s: estimate.map_or(0.0, |e| e.jitter_s),
+                delay_s: estimate.map_or(0.0, |e| e.delay_s),
+                dispersion_s: estimate.map_or(0.0, |e| e.dispersion_s),
+                samples: u.filter.samples().count() as u32,
+                last_offset_s: last.map_or(0.0, |(_, s)| s.offset_s),
+                root_delay_s: last.map_or(0.0, |(_, s)| s.root_delay_s),
+                root_dispersion_s: last.map_or(0.0, |(_, s)| s.root_dispersion_s),
+                reference_id: ReferenceId::from_ip(u.address.ip()).to_bits(),
+                packets_sent: u.source.counters().packets_sent,
+                packets_received: u.source.counters().packets_received,
+                kod_received: u.source.counters().kod_received,
+                prefer: u.select.prefer,
+                noselect: u.select.noselect,
+                online: u.online,
+                added: u.added,
+            });
+        }
+        for (i, r) in self.refclocks.iter().enumerate() {
+            let estimate = r.filter.estimate(now);
+            let last = r.filter.samples().last();
+            let reachable = r.last_sample.is_some_and(|t| t.elapsed() < REFCLOCK_SILENCE);
+            sources.push(SourceStatus {
+                refclock: true,
+                name: refid_name(r.settings.refid),
+                state: state_of(SourceId(REFCLOCK_ID_BASE + i as u32)).unwrap_or('?'),
+                stratum: r.settings.stratum,
+                poll_log2: 0,
+                // One bit a second over the last eight: what chronyc shows for a refclock.
+                reach: if reachable { 0xff >> (8 - r.samples_since_silence.min(8)) } else { 0 },
+                last_sample_age_s: r.last_sample.map(|t| t.elapsed().as_secs_f64()),
+                offset_s: estimate.map_or(0.0, |e| e.offset_s),
+                jitter_s: estimate.map_or(0.0, |e| e.jitter_s),
+                delay_s: estimate.map_or(0.0, |e| e.delay_s),
+                dispersion_s: estimate.map_or(0.0, |e| e.dispersion_s),
+                samples: r.filter.samples().count() as u32,
+                last_offset_s: last.map_or(0.0, |s| s.offset_s),
+                reference_id: ReferenceId::from_bytes(r.settings.refid).to_bits(),
+                prefer: r.settings.prefer,
+                noselect: r.settings.noselect,
+                online: true,
+                ..SourceStatus::default()
+            });
+        }
+        sources.truncate(MAX_SOURCES);
+        (self.tracking.clone(), sources, self.failovers.iter().cloned().collect(), self.failovers_total)
+    }
+
+    /// `stratactl add server`: a new upstream, polled from now on.
+    pub fn add_source(&mut self, add: &AddSource) -> Result<String, String> {
+        if self.upstreams.iter().any(|u| u.address == add.address) {
+            return Err(format!("{} is already a source", add.address));
+        }
+        if self.upstreams.len() + self.refclocks.len() >= MAX_SOURCES {
+            return Err(format!("no room for another source: at most {MAX_SOURCES}"));
+        }
+        let minpoll = add.minpoll.unwrap_or(6);
+        let maxpoll = add.maxpoll.unwrap_or(10).max(minpoll);
+        let settings = UpstreamSettings {
+            address: add.address,
+            iburst: add.iburst,
+            minpoll,
+            maxpoll,
+            prefer: add.prefer,
+            noselect: false,
+            trust: false,
+            require: false,
+            max_delay_s: 3.0,
+            version: 4,
+        };
+        let options = ServerOptions {
+            minpoll,
+            maxpoll,
+            iburst: add.iburst,
+            select: SelectOptions::default(),
+            max_delay_s: 3.0,
+            version: 4,
+        };
+        options.validate().map_err(|e| format!("{e:?}"))?;
+        self.random = xorshift(self.random);
+        let mut upstream = Upstream::new(SourceId(self.next_id), &settings, local_now(&self.shared), self.random)?;
+        upstream.added = true;
+        self.next_id += 1;
+        self.upstreams.push(upstream);
+        info!(source = %add.address, "source added by an operator");
+        Ok(format!("added server {}", add.address))
+    }
+
+    /// `stratactl delete`.
+    pub fn delete_source(&mut self, address: SocketAddr, out: &mut Outbox) -> Result<String, String> {
+        let i = self.upstreams.iter().position(|u| u.address == address).ok_or(format!("no source {address}"))?;
+        self.upstreams.remove(i);
+        info!(source = %address, "source deleted by an operator");
+        self.update(local_now(&self.shared), out);
+        Ok(format!("deleted {address}"))
+    }
+
+    /// `stratactl online` / `offline`, for one source or all.
+    pub fn set_online(&mut self, address: Option<SocketAddr>, online: bool) -> Result<String, String> {
+        let mut changed = 0;
+        for u in self.upstreams.iter_mut().filter(|u| address.is_none_or(|a| a == u.address)) {
+            u.online = online;
+            changed += 1;
+        }
+        match (address, changed) {
+            (Some(a), 0) => Err(format!("no source {a}")),
+            _ => {
+                let what = if online { "online" } else { "offline" };
+                info!(sources = changed, "{what} by an operator");
+                Ok(format!("{changed} source(s) {what}"))
+            }
+        }
+    }
+
+    /// `stratactl reselect`: select again now.
+    pub fn reselect(&mut self, out: &mut Outbox) -> String {
+        self.update(local_now(&self.shared), out);
+        match self.system_peer {
+            Some(id) => format!("reselected: {}", self.source_name(id)),
+            None => "reselected: no source is selectable".into(),
+        }
+    }
+
+    /// The adjuster authorised an operator step: the next estimate steps.
+    pub fn step_authorised(&mut self) -> String {
+        self.operator_step = true;
+        "the clock steps by the whole offset at the next estimate".into()
+    }
+
     /// Tell the serving threads what to answer.
     fn publish(&self, selection: &Selection, now: LocalTime) {
         let state = match (&selection.combined, selection.system_peer) {
@@ -430,6 +631,40 @@ impl Timekeeper {
         };
         *self.shared.serving.write().unwrap_or_else(|e| e.into_inner()) = state;
     }
+}
+
+impl Upstream {
+    /// Creates and connects the upstream's own socket. Before the sandbox for
+    /// configured upstreams; afterwards for added ones (socket and connect are
+    /// allowed to the engine for UDP only, see policy/seccomp).
+    fn new(id: SourceId, u: &UpstreamSettings, now: LocalTime, random: u64) -> Result<Upstream, String> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, socket};
+        let family = if u.address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let fail = |e: nix::Error| format!("upstream {}: {e}", u.address);
+        // Non-blocking from the start: no fcntl/ioctl needed afterwards.
+        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+            .map_err(fail)?;
+        setsockopt(&fd, sockopt::ReceiveTimestampns, &true).map_err(fail)?;
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(u.address)).map_err(fail)?;
+        let socket = UdpSocket::from(fd);
+        let select = SelectOptions { prefer: u.prefer, noselect: u.noselect, trust: u.trust, require: u.require };
+        let options = ServerOptions {
+            minpoll: u.minpoll,
+            maxpoll: u.maxpoll,
+            iburst: u.iburst,
+            select,
+            max_delay_s: u.max_delay_s,
+            version: u.version,
+        };
+        let source = NtpSource::new(id, options, now, random);
+        let filter = ClockFilter::new(FilterConfig { max_delay_s: u.max_delay_s, ..FilterConfig::default() });
+        Ok(Upstream { address: u.address, socket, source, filter, select, online: true, added: false, last_sample: None })
+    }
+}
+
+/// A refid as text: "GPS\0" → "GPS".
+fn refid_name(refid: [u8; 4]) -> String {
+    String::from_utf8_lossy(&refid).trim_end_matches('\0').to_string()
 }
 
 /// The served clock now, as the sans-IO core counts time.

@@ -46,8 +46,9 @@ pub struct Shared {
     pub serving: RwLock<ServerState>,
     /// The clock the answers are stamped from.
     time: TimeSource,
-    /// chrony's allow/deny rules.
-    access: AccessList,
+    /// chrony's allow/deny rules: the configured ones, then the operators'
+    /// (`stratactl allow/deny`), in order; the main thread replaces the list.
+    access: RwLock<(Vec<String>, AccessList)>,
     clients: Box<[Mutex<ClientLog>]>,
     /// Picks a client's shard; random per process.
     shard_hasher: std::collections::hash_map::RandomState,
@@ -93,7 +94,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             serving: RwLock::new(serving),
             time,
-            access,
+            access: RwLock::new((settings.access.clone(), access)),
             clients,
             shard_hasher,
             started: Instant::now(),
@@ -105,6 +106,17 @@ impl Shared {
     /// The served clock minus the system clock at `system_ns`, seconds.
     pub fn time_offset_s(&self, system_ns: i64) -> f64 {
         self.time.offset_s(system_ns)
+    }
+
+    /// Append an operator's rule (`allow`: "allow RULE", else "deny RULE");
+    /// a rule that does not parse changes nothing.
+    pub fn add_access_rule(&self, allow: bool, rule: &str) -> Result<(), String> {
+        let mut access = self.access.write().unwrap_or_else(|e| e.into_inner());
+        let mut rules = access.0.clone();
+        rules.push(format!("{} {rule}", if allow { "allow" } else { "deny" }));
+        let list = AccessList::parse(&rules).map_err(|e| e.to_string())?;
+        *access = (rules, list);
+        Ok(())
     }
 
     fn client_log(&self, client: IpAddr) -> &Mutex<ClientLog> {
@@ -327,6 +339,7 @@ impl Worker {
         let counters = &shared.counters[self.index];
         counters.received.fetch_add(count as u64, Ordering::Relaxed);
         let state = self.shared.serving.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let access = shared.access.read().unwrap_or_else(|e| e.into_inner());
         let system_now = system_now_ns();
         // One model read per batch: the simulated clock moves by ppm, not per packet.
         let clock_offset_s = self.shared.time.offset_s(system_now);
@@ -345,7 +358,7 @@ impl Worker {
                 continue;
             }
             // chrony's order: access rules, then the packet, then the rate limit.
-            if !self.shared.access.allows(ip) {
+            if !access.1.allows(ip) {
                 counters.denied.fetch_add(1, Ordering::Relaxed);
                 continue;
             }

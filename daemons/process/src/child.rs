@@ -54,6 +54,9 @@ pub trait Service: Sized {
     /// now read untrusted input.
     fn on_sandboxed(&mut self) {}
 
+    /// The supervisor's table of processes (sent to the control plane only).
+    fn on_processes(&mut self, _processes: Vec<strata_proto::status::ProcessStatus>) {}
+
     /// A peer completed its handshake.
     fn on_linked(&mut self, _peer: Role, _out: &mut Outbox) {}
 
@@ -301,6 +304,7 @@ fn event_loop<S: Service>(supervisor: Channel, mut service: S) -> ExitCode {
                         }
                     }
                     (SupervisorToChild::Shutdown, None) => break Exit::Shutdown,
+                    (SupervisorToChild::Processes(processes), None) => service.on_processes(processes),
                     (other, _) => break Exit::SupervisorViolation(format!("unexpected {other:?}")),
                 },
                 Err(RecvError::WouldBlock) => {}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod control;
 mod logs;
 mod notify;
 mod resolve;

@@ -32,7 +32,7 @@ use strata_proto::ipc::{
     Settings, Start, SupervisorToChild, UnlinkReason, UpstreamSettings,
 };
 use strata_sys::Capability;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::status::{self, ApplianceStatus, ProcessStatus};
 
@@ -45,7 +45,7 @@ const BOUNDING: [Capability; 4] =
 const STOP_GRACE: Duration = Duration::from_millis(400);
 
 #[derive(Debug, thiserror::Error)]
-enum StartError {
+pub(crate) enum StartError {
     #[error("{0}")]
     Sanitise(strata_sys::SysError),
     #[error("{0}")]
@@ -66,6 +66,8 @@ enum StartError {
     Capabilities(strata_sys::SysError),
     #[error("signal handling: {0}")]
     Signals(nix::Error),
+    #[error("control plane: {what}: {source}")]
+    Control { what: String, source: std::io::Error },
     #[error("locating the process binaries: {0}")]
     Binaries(std::io::Error),
 }
@@ -126,6 +128,10 @@ struct Supervisor {
     logs: Option<crate::logs::Logs>,
     /// SOCK refclocks' datagram sockets, bound here so gpsd can write to them.
     refclock_sockets: Vec<(Resource, OwnedFd)>,
+    /// The control plane's listeners and TLS files.
+    control_resources: Vec<(Resource, OwnedFd)>,
+    /// The gids of `[control] read-group` and `admin-group` (absent groups: nobody).
+    control_gids: (Option<u32>, Option<u32>),
 }
 
 pub fn run(config_path: &Path) -> ExitCode {
@@ -220,6 +226,9 @@ impl Supervisor {
         }
         let dir = &config.supervisor.runtime_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
+        let control_resources = crate::control::open_resources(&config)?;
+        let control_gids = (crate::control::group_id(&config.control.read_group),
+            crate::control::group_id(&config.control.admin_group));
         let steps = StepLedger::load(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
         let logs = match &config.logs {
             None => None,
@@ -278,6 +287,8 @@ impl Supervisor {
                 notifier,
                 logs,
                 refclock_sockets,
+                control_resources,
+                control_gids,
             },
             signals,
         ))
@@ -471,7 +482,15 @@ impl Supervisor {
                 automatic_steps_until_ns: self.steps.first_start_ns
                     + (strata_policy::clock::STEP_WINDOW_S * 1e9) as i64,
             }),
-            Role::Control => Settings::Control(ControlSettings {}),
+            Role::Control => Settings::Control(ControlSettings {
+                read_gid: self.control_gids.0,
+                admin_gid: self.control_gids.1,
+                tls_role: match self.config.control.tls.as_ref().map(|t| t.role) {
+                    Some(strata_config::TlsRole::Admin) => ipc::ControlRole::Admin,
+                    _ => ipc::ControlRole::Read,
+                },
+                socket_path: self.config.control_socket().display().to_string(),
+            }),
             Role::Supervisor => unreachable!("the supervisor is not a child"),
         }
     }
@@ -587,6 +606,11 @@ impl Supervisor {
         channel.send(&SupervisorToChild::Start(start), None)?;
         if slot.role == Role::Refclock {
             for (resource, fd) in &self.refclock_sockets {
+                channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
+            }
+        }
+        if slot.role == Role::Control {
+            for (resource, fd) in &self.control_resources {
                 channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
             }
         }
@@ -774,7 +798,7 @@ impl Supervisor {
     }
 
     fn publish(&self) {
-        let processes = self
+        let processes: Vec<ProcessStatus> = self
             .slots
             .iter()
             .map(|s| {
@@ -804,6 +828,13 @@ impl Supervisor {
                 }
             })
             .collect();
+        // The control plane keeps the same table for the API and metrics.
+        if let Some(control) = self.slots.iter().find(|s| s.role == Role::Control)
+            && let Some(Instance { channel: Some(ch), phase: Phase::Ready, .. }) = &control.instance
+            && let Err(e) = ch.send(&SupervisorToChild::Processes(processes.clone()), None)
+        {
+            debug!("cannot tell the control plane about the processes: {e}");
+        }
         let status = ApplianceStatus {
             supervisor_pid: std::process::id(),
             mode: if self.development { "development" } else { "production" }.into(),

@@ -300,6 +300,9 @@ pub struct Discipline {
     skew_ppm: f64,
     /// Clock updates so far (makestep's count).
     clock_updates: u64,
+    /// An operator asked for one step (chronyc `makestep`): the next update steps
+    /// by the whole offset, whatever the makestep window says.
+    operator_step: bool,
     points: VecDeque<Point>,
     /// Phase correction completed by earlier slews, seconds (the raw frame's shift).
     slewed_s: f64,
@@ -319,6 +322,7 @@ impl Discipline {
             frequency_ppm: 0.0,
             skew_ppm: UNKNOWN_SKEW_PPM,
             clock_updates: 0,
+            operator_step: false,
             points: VecDeque::with_capacity(config.max_samples + 1),
             slewed_s: 0.0,
             pending_slew: None,
@@ -359,6 +363,12 @@ impl Discipline {
     /// Error bound of the frequency, ppm ([`UNKNOWN_SKEW_PPM`] before any estimate).
     pub fn skew_ppm(&self) -> f64 {
         self.skew_ppm
+    }
+
+    /// Step by the whole offset at the next update (chronyc `makestep`; the
+    /// adjuster has authorised it), whatever the makestep window says.
+    pub fn step_at_next_update(&mut self) {
+        self.operator_step = true;
     }
 
     /// Clock updates so far.
@@ -413,9 +423,10 @@ impl Discipline {
         });
         // Half a second: the one-second offset a leap leaves, not noise.
         let leap_step = leap_allows_step && offset_s.abs() > 0.5;
+        let operator_step = std::mem::take(&mut self.operator_step);
         self.clock_updates += 1;
 
-        if in_make_step_window || leap_step {
+        if in_make_step_window || leap_step || operator_step {
             if first_update {
                 actions.push(ClockAction::SetFrequency { ppm: self.frequency_ppm });
             }
@@ -867,6 +878,19 @@ mod tests {
         let slew = slews(&actions);
         assert!((slew[0] - 0.008).abs() < 1e-12, "{actions:?}");
         assert!(discipline.frequency_ppm().abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_operator_step_steps_once_outside_the_makestep_window() {
+        // No makestep at all: offsets are only slewed, until the operator asks.
+        let mut discipline = Discipline::new(config(None)).unwrap();
+        discipline.update(estimate(at(0.0), 0.3)).unwrap();
+        discipline.step_at_next_update();
+        let actions = discipline.update(estimate(at(64.0), 0.3)).unwrap();
+        assert_eq!(steps(&actions).len(), 1, "{actions:?}");
+        // Once only: the next large offset is slewed again.
+        let actions = discipline.update(estimate(at(128.0), 0.3)).unwrap();
+        assert!(steps(&actions).is_empty(), "{actions:?}");
     }
 
     #[test]

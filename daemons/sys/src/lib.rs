@@ -255,6 +255,71 @@ pub fn duplicate_descriptor_of(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
 }
 
+/// Who is at the other end of a connected Unix socket: the kernel's record of its
+/// credentials when it connected (SO_PEERCRED) and its supplementary groups
+/// (SO_PEERGROUPS), which the peer cannot forge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+pub fn peer_credentials(socket: &impl std::os::fd::AsFd) -> io::Result<PeerCredentials> {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_fd().as_raw_fd();
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a writable ucred and `len` holds its size; the kernel
+    // writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // At most NGROUPS_MAX (65536) groups; start small and grow on ERANGE.
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` has `len` writable bytes; the kernel writes at most
+        // `len` and sets `len` to the size used (or needed, with ERANGE).
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr().cast(), &raw mut len)
+        };
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() && needed <= 65_536 {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err(err);
+    }
+    Ok(PeerCredentials { pid: cred.pid as u32, uid: cred.uid, gid: cred.gid, groups })
+}
+
+#[cfg(test)]
+mod peer_credentials_tests {
+    #[test]
+    fn the_peer_of_a_socket_pair_is_this_process() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let cred = super::peer_credentials(&a).unwrap();
+        assert_eq!(cred.pid, std::process::id());
+        assert_eq!(cred.uid, nix::unistd::geteuid().as_raw());
+        assert_eq!(cred.gid, nix::unistd::getegid().as_raw());
+        let mut ours: Vec<u32> = nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect();
+        let mut theirs = cred.groups.clone();
+        ours.sort_unstable();
+        theirs.sort_unstable();
+        assert_eq!(theirs, ours);
+    }
+}
+
 /// A kernel clock driven through `clock_adjtime(2)`: CLOCK_REALTIME, or a PTP
 /// hardware clock (`/dev/ptpN`, opened read-write by the supervisor).
 #[derive(Clone, Copy, Debug)]
