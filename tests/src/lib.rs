@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod appliance;
+pub mod grpc;
 pub mod inject;
 pub mod standalone;
 

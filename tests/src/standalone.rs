@@ -43,7 +43,7 @@ pub fn demo_settings(role: Role) -> Settings {
             steps_left: 4,
             automatic_steps_until_ns: 0,
         }),
-        Role::Control => Settings::Control(ControlSettings {}),
+        Role::Control => Settings::Control(ControlSettings::default()),
         Role::Supervisor => panic!("not a child"),
     }
 }

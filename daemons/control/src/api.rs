@@ -105,11 +105,13 @@ fn unavailable(what: &str) -> Status {
 /// "192.0.2.1", "192.0.2.1:123", "[2001:db8::1]:123", "2001:db8::1".
 fn parse_address(text: &str) -> Result<SocketAddr, Status> {
     let text = text.trim();
-    text.parse::<SocketAddr>()
-        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 123)))
-        .map_err(|_| {
-            Status::invalid_argument(format!("{text:?} is not an IP address (with an optional port); names are not resolved here"))
-        })
+    text.parse::<SocketAddr>().or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 123))).map_err(
+        |_| {
+            Status::invalid_argument(format!(
+                "{text:?} is not an IP address (with an optional port); names are not resolved here"
+            ))
+        },
+    )
 }
 
 #[tonic::async_trait]
@@ -210,7 +212,13 @@ impl Admin for Api {
                 _ => Err(Status::invalid_argument(format!("poll {v} is outside -7..=24 (log2 seconds)"))),
             }
         };
-        let add = AddSource { address, iburst: r.iburst, prefer: r.prefer, minpoll: poll(r.minpoll)?, maxpoll: poll(r.maxpoll)? };
+        let add = AddSource {
+            address,
+            iburst: r.iburst,
+            prefer: r.prefer,
+            minpoll: poll(r.minpoll)?,
+            maxpoll: poll(r.maxpoll)?,
+        };
         let kind = CommandKind::Engine(ControlToEngine::AddSource(add));
         self.command(&who, "add server", kind, tonic::Code::FailedPrecondition).await
     }

@@ -154,7 +154,11 @@ async fn serve_unix(fd: OwnedFd, api: Api) -> Result<(), String> {
         .map_err(|e| format!("gRPC on the control socket: {e}"))
 }
 
-async fn serve_tls(fd: OwnedFd, files: (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>), api: Api) -> Result<(), String> {
+async fn serve_tls(
+    fd: OwnedFd,
+    files: (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>),
+    api: Api,
+) -> Result<(), String> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let (Some(certificate), Some(key), Some(ca)) = files else {
         return Err("the TLS listener came without its certificate, key and client CA".into());
@@ -169,11 +173,7 @@ async fn serve_tls(fd: OwnedFd, files: (Option<Vec<u8>>, Option<Vec<u8>>, Option
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| format!("TLS listener: {e}"))?;
     info!(?addr, "gRPC over mutual TLS");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    router(api, builder)
-        .await?
-        .serve_with_incoming(incoming)
-        .await
-        .map_err(|e| format!("gRPC over TLS: {e}"))
+    router(api, builder).await?.serve_with_incoming(incoming).await.map_err(|e| format!("gRPC over TLS: {e}"))
 }
 
 /// `GET /metrics` (anything else: 404), one small HTTP/1.1 server per connection.
@@ -202,7 +202,9 @@ async fn serve_metrics(fd: OwnedFd, shared: Arc<Shared>) -> Result<(), String> {
                         .header(hyper::header::CONTENT_TYPE, content_type)
                         .body(Full::new(Bytes::from(text)))
                 } else {
-                    Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Full::new(Bytes::from_static(b"try /metrics\n")))
                 };
                 async move { Ok::<_, Infallible>(response.expect("a valid response")) }
             });

@@ -139,9 +139,8 @@ impl View {
     }
 
     pub fn processes(&self) -> v1::ProcessesReply {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         v1::ProcessesReply {
             processes: self
                 .processes
