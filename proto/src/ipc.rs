@@ -641,10 +641,16 @@ pub enum ControlToEngine {
     AddSource(AddSource),
     DeleteSource(SocketAddr),
     /// One source (or all with `None`) polled again or no longer.
-    SetOnline { address: Option<SocketAddr>, online: bool },
+    SetOnline {
+        address: Option<SocketAddr>,
+        online: bool,
+    },
     Reselect,
     /// A run-time access rule in chrony's syntax without the verb ("10.0.0.0/8", "all").
-    Access { allow: bool, rule: String },
+    Access {
+        allow: bool,
+        rule: String,
+    },
     /// The adjuster authorised one operator step: take it at the next estimate.
     StepAuthorised,
 }

@@ -197,8 +197,10 @@ fn roles_come_from_the_callers_groups_and_admin_calls_change_the_engine() {
     assert!(err.contains("already"), "{err}");
     let (code, _, err) = stratactl(&socket, Some((nobody, admin)), &["delete", &second.address.to_string()]);
     assert_eq!(code, 0, "delete as admin: {err}");
-    let (_, out, _) = stratactl(&socket, None, &["--json", "sources"]);
-    assert!(!out.contains(&second.address.to_string()), "deleted source still listed: {out}");
+    wait_for("the deleted source gone from the list", Duration::from_secs(5), || {
+        let (_, out, _) = stratactl(&socket, None, &["--json", "sources"]);
+        (!out.contains(&second.address.to_string())).then_some(())
+    });
 
     // offline stops polling: the packet counter stands still.
     let (code, _, err) = stratactl(&socket, None, &["offline"]);

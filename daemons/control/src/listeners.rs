@@ -69,9 +69,13 @@ impl ServerThread {
             own_uid: nix::unistd::geteuid().as_raw(),
         };
         let tls_role = settings.tls_role;
+        // The new thread's own start-up (glibc registers rseq) must also happen
+        // before the sandbox, or the filter kills it: wait until it runs.
+        let (running, started) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                let _ = running.send(());
                 if released.recv().is_err() {
                     return;
                 }
@@ -98,6 +102,7 @@ impl ServerThread {
                 });
             })
             .map_err(|e| format!("server thread: {e}"))?;
+        started.recv().map_err(|_| "the server thread died at start".to_string())?;
         Ok(ServerThread { release })
     }
 

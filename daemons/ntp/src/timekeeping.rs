@@ -314,7 +314,9 @@ impl Timekeeper {
     fn reference_id(&self, id: SourceId) -> ReferenceId {
         match id.0.checked_sub(REFCLOCK_ID_BASE) {
             Some(i) => ReferenceId::from_bytes(self.refclocks[i as usize].settings.refid),
-            None => self.upstream(id).map_or(ReferenceId::from_bytes(*b"INIT"), |u| ReferenceId::from_ip(u.address.ip())),
+            None => {
+                self.upstream(id).map_or(ReferenceId::from_bytes(*b"INIT"), |u| ReferenceId::from_ip(u.address.ip()))
+            }
         }
     }
 
@@ -642,8 +644,8 @@ impl Upstream {
         let family = if u.address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         let fail = |e: nix::Error| format!("upstream {}: {e}", u.address);
         // Non-blocking from the start: no fcntl/ioctl needed afterwards.
-        let fd = socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-            .map_err(fail)?;
+        let fd =
+            socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
         setsockopt(&fd, sockopt::ReceiveTimestampns, &true).map_err(fail)?;
         connect(fd.as_raw_fd(), &SockaddrStorage::from(u.address)).map_err(fail)?;
         let socket = UdpSocket::from(fd);
@@ -658,7 +660,16 @@ impl Upstream {
         };
         let source = NtpSource::new(id, options, now, random);
         let filter = ClockFilter::new(FilterConfig { max_delay_s: u.max_delay_s, ..FilterConfig::default() });
-        Ok(Upstream { address: u.address, socket, source, filter, select, online: true, added: false, last_sample: None })
+        Ok(Upstream {
+            address: u.address,
+            socket,
+            source,
+            filter,
+            select,
+            online: true,
+            added: false,
+            last_sample: None,
+        })
     }
 }
 

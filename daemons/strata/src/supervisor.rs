@@ -227,8 +227,10 @@ impl Supervisor {
         let dir = &config.supervisor.runtime_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
         let control_resources = crate::control::open_resources(&config)?;
-        let control_gids = (crate::control::group_id(&config.control.read_group),
-            crate::control::group_id(&config.control.admin_group));
+        let control_gids = (
+            crate::control::group_id(&config.control.read_group),
+            crate::control::group_id(&config.control.admin_group),
+        );
         let steps = StepLedger::load(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
         let logs = match &config.logs {
             None => None,

@@ -273,9 +273,7 @@ pub fn peer_credentials(socket: &impl std::os::fd::AsFd) -> io::Result<PeerCrede
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` is a writable ucred and `len` holds its size; the kernel
     // writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len)
-    };
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &raw mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
