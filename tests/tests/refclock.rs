@@ -45,7 +45,7 @@ fn a_sock_feed_makes_strata_stratum_1_and_its_offset_is_tracked() {
     let port = free_udp_port();
     let server = format!(
         "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
-         [[refclock]]\ndriver = \"sock:{}\"\nrefid = \"GPS\"\n\n\
+         [[refclock]]\npoll = 0\ndriver = \"sock:{}\"\nrefid = \"GPS\"\n\n\
          [logs]\ndir = \"{}\"\nkinds = [\"tracking\"]\n",
         sock.display(),
         logs.display()
@@ -71,7 +71,7 @@ fn a_garbage_feed_is_refused_and_never_selected() {
     let port = free_udp_port();
     let server = format!(
         "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
-         [[refclock]]\ndriver = \"sock:{}\"\n",
+         [[refclock]]\npoll = 0\ndriver = \"sock:{}\"\n",
         sock.display()
     );
     let _appliance = Appliance::start_with_clock("sock-garbage", Some(&server), "backend = \"none\"");
@@ -107,7 +107,7 @@ fn losing_the_feed_fails_over_to_ntp_and_back_without_a_step() {
     let server = format!(
         "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
          [[upstream]]\naddress = \"{}\"\niburst = true\nminpoll = -2\nmaxpoll = -1\n\n\
-         [[refclock]]\ndriver = \"sock:{}\"\nrefid = \"GPS\"\nprefer = true\n",
+         [[refclock]]\npoll = 0\ndriver = \"sock:{}\"\nrefid = \"GPS\"\nprefer = true\n",
         upstream.address,
         sock.display()
     );
@@ -161,7 +161,7 @@ fn an_shm_feed_makes_strata_stratum_1() {
     let port = free_udp_port();
     let server = format!(
         "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
-         [[refclock]]\ndriver = \"shm:{unit}\"\nrefid = \"GPS\"\n"
+         [[refclock]]\npoll = 0\ndriver = \"shm:{unit}\"\nrefid = \"GPS\"\n"
     );
     let appliance = Appliance::start_with_clock("shm-refclock", Some(&server), "backend = \"none\"");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -199,7 +199,7 @@ fn chronyd_reading_the_same_feed_reports_the_same_offset() {
     let port = free_udp_port();
     let server = format!(
         "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
-         [[refclock]]\ndriver = \"sock:{}\"\n\n[logs]\ndir = \"{}\"\nkinds = [\"tracking\"]\n",
+         [[refclock]]\npoll = 0\ndriver = \"sock:{}\"\n\n[logs]\ndir = \"{}\"\nkinds = [\"tracking\"]\n",
         strata_sock.display(),
         logs.display()
     );
@@ -251,7 +251,7 @@ fn a_phc_refclock_that_is_no_phc_is_read_and_refused_without_killing_the_reader(
     let port = free_udp_port();
     let server = format!(
         "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
-         [[refclock]]\ndriver = \"phc:/dev/null\"\nrefid = \"PHC\"\n"
+         [[refclock]]\npoll = 0\ndriver = \"phc:/dev/null\"\nrefid = \"PHC\"\n"
     );
     let appliance = Appliance::start_with_clock("phc-null", Some(&server), "backend = \"none\"");
     let reader = appliance.pid_of("refclock");

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod clientlog;
+mod refclock;
 mod server;
 mod timekeeping;
 mod workers;

@@ -18,16 +18,18 @@ use nix::sys::time::TimeSpec;
 use strata_process::child::Outbox;
 use strata_proto::ipc::{
     ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Leap as WireLeap, LogRecord, NtpSettings,
-    RefclockSample, RefclockSourceSettings,
+    RefclockSample,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 use strata_sync::discipline::{ClockAction, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
 use strata_sync::filter::{ClockFilter, FilterConfig};
+use strata_sync::refclock::RawSample;
 use strata_sync::selection::{Candidate, Selection, SelectionConfig, select};
 use strata_sync::source::{NtpSource, Response, ServerOptions};
-use strata_sync::{Leap, LocalTime, Sample, SelectOptions, SourceId};
+use strata_sync::{Leap, LocalTime, SelectOptions, SourceId};
 use tracing::{debug, info, warn};
 
+use crate::refclock::RefclockSource;
 use crate::server::ServerState;
 use crate::workers::{Shared, system_now_ns};
 
@@ -36,20 +38,6 @@ use crate::workers::{Shared, system_now_ns};
 const ADJUSTER_SLEW_RATE_PPM: f64 = strata_policy::clock::MAX_SLEW_RATE_PPM;
 const ADJUSTER_MAX_FREQUENCY_PPM: f64 = strata_policy::clock::MAX_FREQUENCY_PPM;
 
-/// A reference clock as a source: its samples come from the refclock reader.
-struct RefclockSource {
-    settings: RefclockSourceSettings,
-    filter: ClockFilter,
-    last_sample: Option<Instant>,
-    /// Samples since the refclock last fell silent: it counts as reachable again
-    /// only after [`REFCLOCK_RETURN_SAMPLES`] of them, so that a flapping feed does
-    /// not switch the appliance back and forth (hysteresis).
-    samples_since_silence: u32,
-}
-
-/// Samples a refclock must deliver after a silence before it is selectable again.
-const REFCLOCK_RETURN_SAMPLES: u32 = 4;
-
 /// At start-up, selection waits (up to this long) until a majority of the
 /// configured sources have samples: otherwise whichever source answers first,
 /// a falseticker included, is selected alone for a moment.
@@ -57,10 +45,6 @@ const STARTUP_QUORUM_WAIT: Duration = Duration::from_secs(15);
 
 /// Source ids of refclocks start here, after any number of upstreams.
 const REFCLOCK_ID_BASE: u32 = 1 << 16;
-
-/// A refclock that sent nothing for this long is unreachable (chrony: no sample in
-/// the last polls); selection then fails over to the NTP sources.
-const REFCLOCK_SILENCE: Duration = Duration::from_secs(8);
 
 struct Upstream {
     address: SocketAddr,
@@ -138,16 +122,7 @@ impl Timekeeper {
             discipline = discipline.with_initial_frequency(ppm).with_initial_skew(skew_ppm);
         }
         let selection_config = SelectionConfig { min_sources: usize::from(settings.minsources), ..Default::default() };
-        let refclocks = settings
-            .refclocks
-            .iter()
-            .map(|r| RefclockSource {
-                settings: r.clone(),
-                filter: ClockFilter::new(FilterConfig::default()),
-                last_sample: None,
-                samples_since_silence: 0,
-            })
-            .collect();
+        let refclocks = settings.refclocks.iter().map(|r| RefclockSource::new(r.clone())).collect();
         Ok(Timekeeper {
             shared,
             upstreams,
@@ -272,31 +247,25 @@ impl Timekeeper {
                 sample.offset_s, sample.dispersion_s
             ));
         }
+        // A PPS without `lock` knows only the phase of the second; the second
+        // itself is the clock's, which must be synchronised within 0.5 s (chrony).
+        if r.settings.pulse_unlocked && !synchronised_within(&self.shared, 0.5) {
+            debug!(refclock = sample.refclock, "pulse ignored: the clock is not synchronised to number its second");
+            return Ok(());
+        }
         // The reader measures against the system clock; the served clock may be a
         // model or a PHC: re-express time and offset against it.
         let clock_offset_s = self.shared.time_offset_s(sample.system_time_ns);
         let time = LocalTime(sample.system_time_ns + (clock_offset_s * 1e9) as i64);
-        if r.last_sample.is_none_or(|t| t.elapsed() >= REFCLOCK_SILENCE) {
-            if r.last_sample.is_some() {
-                info!(refclock = sample.refclock, "refclock feed is back");
-            }
-            r.samples_since_silence = 0;
-            // Samples from before the silence say nothing about now.
-            r.filter.clear();
-        }
-        r.filter.add(Sample {
+        let raw = RawSample {
             time,
             offset_s: sample.offset_s + r.settings.offset_s - clock_offset_s,
-            delay_s: r.settings.delay_s,
-            dispersion_s: r.settings.precision_s + sample.dispersion_s,
-            root_delay_s: 0.0,
-            root_dispersion_s: 0.0,
-            stratum: r.settings.stratum,
-            leap: Leap::None,
-        });
-        r.samples_since_silence += 1;
-        r.last_sample = Some(Instant::now());
-        self.update(time, out);
+            dispersion_s: sample.dispersion_s,
+        };
+        // One filtered sample per poll reaches selection.
+        if r.on_sample(usize::from(sample.refclock), raw, Instant::now()) {
+            self.update(time, out);
+        }
         Ok(())
     }
 
@@ -328,8 +297,7 @@ impl Timekeeper {
                 id: SourceId(REFCLOCK_ID_BASE + i as u32),
                 options: SelectOptions { prefer: s.prefer, noselect: s.noselect, trust: s.trust, require: s.require },
                 estimate,
-                reachable: r.last_sample.is_some_and(|t| t.elapsed() < REFCLOCK_SILENCE)
-                    && r.samples_since_silence >= REFCLOCK_RETURN_SAMPLES,
+                reachable: r.reachable(),
             });
         }
         let configured = self.upstreams.len() + self.refclocks.len();
@@ -430,6 +398,13 @@ impl Timekeeper {
         };
         *self.shared.serving.write().unwrap_or_else(|e| e.into_inner()) = state;
     }
+}
+
+/// Whether the appliance serves a synchronised time (a selected source or a local
+/// reference) with a root distance below `distance_s`.
+fn synchronised_within(shared: &Shared, distance_s: f64) -> bool {
+    let serving = shared.serving.read().unwrap_or_else(|e| e.into_inner());
+    serving.leap != LeapIndicator::Unsynchronized && serving.root_delay_s / 2.0 + serving.root_dispersion_s < distance_s
 }
 
 /// The served clock now, as the sans-IO core counts time.

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod logs;
 mod notify;
+mod refclocks;
 mod resolve;
 mod status;
 mod supervisor;
