@@ -157,22 +157,23 @@ impl Service for RefclockReader {
         let (refclock, socket) = &self.sockets[index];
         let mut buf = [0u8; 256];
         while let Ok(len) = socket.recv(&mut buf) {
-            match sock::parse(&buf[..len]) {
-                Ok(sample) => send(
-                    &mut self.status,
-                    &mut self.latest,
-                    out,
+            let sample = sock::parse(&buf[..len]).map_err(|e| format!("{e:?}")).and_then(|sample| {
+                fresh(
                     RefclockSample {
                         refclock: *refclock,
                         system_time_ns: sample.system_time_ns,
                         offset_s: sample.offset_s,
                         dispersion_s: 0.0,
                     },
-                ),
+                    MIN_MAX_AGE,
+                )
+            });
+            match sample {
+                Ok(sample) => send(&mut self.status, &mut self.latest, out, sample),
                 // A stalled or garbage feed is refused and counted, never passed on.
                 Err(e) => {
                     self.status.samples_rejected += 1;
-                    debug!(refclock, "SOCK sample rejected: {e:?}");
+                    debug!(refclock, "sample rejected: SOCK: {e}");
                 }
             }
         }
@@ -196,7 +197,8 @@ impl Service for RefclockReader {
                 PolledDevice::Shm(segment) => read_shm(refclock, segment),
                 PolledDevice::Pps { device, pulses, settings } => read_pps(refclock, device, pulses, settings, latest),
             };
-            match sample {
+            let max_age = MIN_MAX_AGE.max(2 * p.every);
+            match sample.and_then(|s| s.map(|s| fresh(s, max_age)).transpose()) {
                 Ok(Some(sample)) => send(status, latest, out, sample),
                 Ok(None) => {}
                 // A stalled or garbage reading is refused and counted, never passed on.
@@ -207,6 +209,27 @@ impl Service for RefclockReader {
             }
         }
     }
+}
+
+/// A sample's system time may be at most this old when it is read (or 2 read
+/// intervals, if longer): an SHM segment keeps its last sample until it is read, and
+/// a writer that stamps 1970 or a stale time is no reference (chrony's
+/// `valid_sample_time`, which allows 2 polls).
+const MIN_MAX_AGE: Duration = Duration::from_secs(8);
+/// How far in the future a sample's system time may be: none, but for clock-read
+/// granularity between two processes.
+const MAX_FUTURE: Duration = Duration::from_millis(1);
+
+/// The sample, if its system time is now or a little before.
+fn fresh(sample: RefclockSample, max_age: Duration) -> Result<RefclockSample, String> {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let age_ns = i128::from(now_ns) - i128::from(sample.system_time_ns);
+    if age_ns < -(MAX_FUTURE.as_nanos() as i128) || age_ns > max_age.as_nanos() as i128 {
+        return Err(format!("sample time {} ns is {:.3} s from now", sample.system_time_ns, age_ns as f64 * 1e-9));
+    }
+    Ok(sample)
 }
 
 /// Pass a sample to the engine and keep it for the PPS refclocks locked to this one.
@@ -243,7 +266,9 @@ fn read_shm(refclock: u16, segment: &strata_sys::ShmSegment) -> Result<Option<Re
                 dispersion_s: 0.0,
             }))
         }
-        Err(shm::ShmError::NoNewSample | shm::ShmError::Busy) => Ok(None),
+        Err(shm::ShmError::NoNewSample) => Ok(None),
+        // Not cleared: the writer's sample is on its way; counted, as a torn read.
+        Err(shm::ShmError::Busy) => Err(format!("SHM: {}", shm::ShmError::Busy)),
         Err(e) => {
             // Consumed, so it is not read again on every poll.
             segment.clear_valid();
@@ -271,4 +296,25 @@ fn read_pps(
         }
     };
     Ok(Some(RefclockSample { refclock, system_time_ns: pulse.system_time_ns, offset_s, dispersion_s: 0.0 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(system_time_ns: i64) -> RefclockSample {
+        RefclockSample { refclock: 0, system_time_ns, offset_s: 0.0, dispersion_s: 0.0 }
+    }
+
+    #[test]
+    fn only_a_sample_taken_just_now_is_fresh() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+        assert!(fresh(at(now - 2_000_000_000), MIN_MAX_AGE).is_ok());
+        // Older than 8 s, or 2 read intervals when those are longer.
+        assert!(fresh(at(now - 9_000_000_000), MIN_MAX_AGE).is_err());
+        assert!(fresh(at(now - 9_000_000_000), Duration::from_secs(32)).is_ok());
+        // Year 1970, and the future.
+        assert!(fresh(at(1_000_000_000_000), MIN_MAX_AGE).is_err());
+        assert!(fresh(at(now + 1_000_000_000), MIN_MAX_AGE).is_err());
+    }
 }
