@@ -235,9 +235,18 @@ fn chronyd_reading_the_same_feed_reports_the_same_offset() {
         let line = text.lines().rev().find(|l| l.starts_with("20")).unwrap_or_else(|| panic!("no data in\n{text}"));
         line.split_whitespace().nth(column).unwrap().parse().unwrap()
     };
-    let chrony = last(&std::fs::read_to_string(dir.join("refclocks.log")).unwrap(), 7);
+    // chronyd's raw offset of its newest sample line: its cooked offset drops to
+    // ~0 once chronyd -x has made its first (virtual) clock update, so which line
+    // comes last would decide the test.
+    let refclocks = std::fs::read_to_string(dir.join("refclocks.log")).unwrap();
+    let samples: String = refclocks
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3).is_some_and(|fix| fix != "-"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let chrony = last(&samples, 6);
     let strata = last(&std::fs::read_to_string(logs.join("tracking.log")).unwrap(), 6);
-    assert!((chrony - 0.000_37).abs() < 2e-6, "chronyd's cooked offset {chrony}");
+    assert!((chrony - 0.000_37).abs() < 2e-6, "chronyd's raw offset {chrony}");
     assert!((strata - chrony).abs() < 2e-6, "strata {strata} s, chronyd {chrony} s");
 }
 
@@ -285,7 +294,7 @@ fn now_parts() -> (i64, u32) {
 }
 
 #[test]
-fn shm_races_and_absurd_timestamps_are_rejected_counted_and_never_selected() {
+fn unpublished_and_absurd_shm_samples_are_rejected_counted_and_never_selected() {
     if !require_root("SHM garbage") {
         return;
     }
@@ -336,35 +345,17 @@ fn shm_races_and_absurd_timestamps_are_rejected_counted_and_never_selected() {
             let (s, ns) = now_parts();
             segment.write(&shm_raw(count, 1, (s + 3 * 365 * 86_400, ns), (s, ns)));
         });
-        // A writer that keeps changing `count` under the reader: every read is torn.
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let racer = {
-            let stop = std::sync::Arc::clone(&stop);
-            std::thread::spawn(move || {
-                // Its own attachment, as a second writer process would have.
-                let segment = strata_sys::ShmSegment::attach(key).unwrap();
-                let mut count = 1_000_000;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    count += 1;
-                    let (s, ns) = now_parts();
-                    // 0.3 s off: were a torn read taken, it would be a wrong time.
-                    segment.write(&shm_raw(count, 1, (s, ns), (s, (ns + 300_000_000) % 1_000_000_000)));
-                }
-            })
-        };
-        never_selected("a racing writer's torn samples", &mut || {});
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        racer.join().unwrap();
+        // (A writer changing `count` between the reader's two copies cannot be
+        // timed from here: they are ~100 ns apart. shm.rs tests that path.)
 
         let log = appliance.log();
         let rejected = |why: &str| log.lines().filter(|l| l.contains("sample rejected") && l.contains(why)).count();
         assert!(rejected("Nanoseconds") >= 5, "{log}");
         assert!(rejected("s from now") >= 5, "1970 not refused as stale:\n{log}");
         assert!(rejected("Difference") >= 5, "{log}");
-        assert!(rejected("changed the segment during the read") >= 5, "{log}");
         // What the reader rejected, nothing else: the unpublished samples were not read.
         let total = log.lines().filter(|l| l.contains("sample rejected")).count();
-        assert!(total <= 4 * 3 * 4 + 4, "{total} rejected in 12 s of 4 reads/s");
+        assert!(total <= 3 * 3 * 4 + 4, "{total} rejected in 9 s of 4 reads/s");
 
         // The same segment with good samples: the reader was alive all along.
         let count = std::cell::Cell::new(count);
