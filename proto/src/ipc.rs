@@ -428,10 +428,38 @@ pub struct RefclockSettings {
 pub enum RefclockDriverSettings {
     /// Samples arrive on a datagram socket the supervisor bound (a `SockSocket` resource).
     Sock,
-    /// The NTP shared-memory segment of this unit (key 0x4e545030 + unit).
-    Shm { unit: u8 },
-    /// A PTP hardware clock (a `PhcRefclock` resource); `tai`: it counts TAI.
-    Phc { tai: bool },
+    /// The NTP shared-memory segment of this unit (key 0x4e545030 + unit), read
+    /// every 2^dpoll s.
+    Shm { unit: u8, dpoll: i8 },
+    /// A PTP hardware clock (a `PhcRefclock` resource), read every 2^dpoll s;
+    /// `tai`: it counts TAI.
+    Phc { tai: bool, dpoll: i8 },
+    /// An RFC 2783 PPS source (a `PpsRefclock` resource), fetched every 2^dpoll s.
+    Pps(PpsDriverSettings),
+}
+
+/// A PPS refclock: which edge, and where its seconds come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PpsDriverSettings {
+    pub dpoll: i8,
+    /// The clear edge marks the second (chrony's `:clear`), not the assert edge.
+    pub clear: bool,
+    /// Its own configured `offset`, seconds (the engine adds it; the reader needs it
+    /// to pick the right second).
+    pub offset_s: f64,
+    /// chrony's `lock`; `None`: the second is the system clock's nearest.
+    pub lock: Option<PpsLock>,
+}
+
+/// chrony's `lock REFID` and `maxlockage`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PpsLock {
+    /// The refclock (by index) that numbers the seconds.
+    pub refclock: u16,
+    /// Its configured `offset`, seconds.
+    pub offset_s: f64,
+    /// How many pulses old its newest sample may be.
+    pub max_age_pulses: u8,
 }
 
 /// How the engine treats one refclock as a source.
@@ -446,6 +474,15 @@ pub struct RefclockSourceSettings {
     pub noselect: bool,
     pub trust: bool,
     pub require: bool,
+    /// chrony `poll`: one filtered sample every 2^poll s.
+    pub poll: i8,
+    /// chrony `filter`, already shortened to what one poll brings.
+    pub filter_length: u16,
+    /// chrony `maxdispersion`, seconds.
+    pub max_dispersion_s: Option<f64>,
+    /// A PPS without `lock`: its samples only give the phase of the second, so
+    /// they count only while the clock is synchronised within 0.5 s (chrony's rule).
+    pub pulse_unlocked: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -510,6 +547,8 @@ pub enum Resource {
     /// The PTP hardware clock refclock number `refclock` reads (opened read-write:
     /// Linux ≥ 6.15 requires it for external timestamps).
     PhcRefclock { refclock: u16 },
+    /// The PPS device (`/dev/ppsN`) refclock number `refclock` fetches pulses from.
+    PpsRefclock { refclock: u16 },
     /// The control plane's listening Unix socket (gRPC, roles from peer credentials).
     ControlSocket,
     /// The control plane's listening TCP socket for gRPC over mutual TLS.
@@ -669,7 +708,7 @@ channel!(ControlToEngine: Control -> Ntp);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EngineToControl {
     Hello(Hello),
-    Status(EngineStatus),
+    Status(Box<EngineStatus>),
     Clients(Vec<ClientActivity>),
     /// The answer to one operator command: what changed, or why nothing did.
     Done(Result<String, String>),

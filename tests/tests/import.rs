@@ -51,12 +51,8 @@ fn a_real_chrony_conf_imports_and_the_result_passes_check_config() {
         let expected = format!("{chrony}:{line}: {directive}: {reason}\n");
         assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
     };
-    // The PHC refclock converts; its poll/dpoll have no strata equivalent and are named.
-    listed(
-        refclock,
-        "refclock",
-        "option `poll 3`: strata reads a refclock every second and filters it like an NTP source; no such option yet",
-    );
+    // The PHC refclock converts whole, poll and dpoll included: nothing is listed.
+    assert!(!stderr.contains(&format!("{chrony}:{refclock}:")), "{stderr}");
     for line in cmdallow {
         listed(line, "cmdallow", "the control plane is configured in strata's [control] (not yet)");
     }
@@ -72,6 +68,7 @@ fn a_real_chrony_conf_imports_and_the_result_passes_check_config() {
     assert!(toml.contains("# line 2: refclock PHC /dev/ptp0 poll 3 dpoll -2"), "{toml}");
     assert!(toml.contains("[[refclock]]") && toml.contains("driver = \"phc:/dev/ptp0\""), "{toml}");
     assert!(toml.contains("precision = 0.000000001") && toml.contains("prefer = true"), "{toml}");
+    assert!(toml.contains("poll = 3\ndpoll = -2\n"), "{toml}");
     assert_eq!(toml.matches("[[upstream]]").count(), 4, "{toml}");
     assert!(toml.contains("\"allow 192.168.0.0/16\""), "{toml}");
     assert!(toml.contains("local-stratum = 2"), "{toml}");

@@ -60,7 +60,7 @@ impl Server {
         loop {
             match self.control.recv_frame(&mut buf) {
                 Ok((frame, None)) if frame[0] != 0 => match strata_proto::ipc::decode::<EngineToControl>(frame) {
-                    Ok(EngineToControl::Status(s)) => return s,
+                    Ok(EngineToControl::Status(s)) => return *s,
                     _ => continue,
                 },
                 Ok(_) | Err(RecvError::WouldBlock) => {

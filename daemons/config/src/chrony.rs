@@ -147,6 +147,10 @@ fn takes_value(option: &str) -> bool {
     )
 }
 
+/// A converted refclock's refid, whether it is a PPS, and its `lock` (the refid it
+/// names, its line).
+type RefclockLockInfo = (String, bool, Option<(String, usize)>);
+
 /// A converted item: the comments above it (its chrony line, what was left out) and
 /// its TOML.
 struct Item {
@@ -195,6 +199,8 @@ struct Importer {
     access: Vec<(String, String)>,
     upstreams: Vec<Item>,
     refclocks: Vec<Item>,
+    /// Per converted refclock, what a PPS `lock` needs to know of it.
+    refclock_refids: Vec<RefclockLockInfo>,
     /// Whole lines left out: the comment, the reason.
     left_out: Vec<(String, String)>,
     unsupported: Vec<Unsupported>,
@@ -442,27 +448,36 @@ impl Importer {
         item
     }
 
-    /// `refclock DRIVER PARAMETER [options]`: PHC, SOCK and SHM have strata drivers.
+    /// `refclock DRIVER PARAMETER [options]`: PHC, PPS, SOCK and SHM have strata drivers.
     fn refclock(&mut self, line: &Line<'_>) {
         let [driver, parameter, ref options @ ..] = line.args[..] else {
             return self.invalid(line, "`refclock` needs a driver and its parameter");
         };
-        // chrony's PHC parameter may carry `:extpps`, `:nocrossts`, ... after the path.
+        // chrony's PHC and PPS parameters may carry `:clear`, `:extpps`, ... after the path.
         let (path, extras) = parameter.split_once(':').unwrap_or((parameter, ""));
-        let written = match driver.to_ascii_uppercase().as_str() {
+        let driver = driver.to_ascii_uppercase();
+        let written = match driver.as_str() {
             "PHC" => format!("phc:{path}"),
+            "PPS" => format!("pps:{path}"),
             "SOCK" => format!("sock:{path}"),
             "SHM" => format!("shm:{path}"),
-            other => return self.left_out(line, format!("strata reads PHC, SOCK and SHM refclocks, not {other}")),
+            other => return self.left_out(line, format!("strata reads PHC, PPS, SOCK and SHM refclocks, not {other}")),
         };
         if let Err(e) = crate::RefclockDriver::try_from(written.clone()) {
             return self.left_out(line, format!("strata: {e}"));
         }
+        let pps = driver == "PPS";
         let mut keys = Vec::new();
         let mut left_out = Vec::new();
-        if !extras.is_empty() {
-            left_out.push(format!("driver options `{extras}`: strata's PHC driver has none"));
+        for extra in extras.split(':').filter(|e| !e.is_empty()) {
+            if pps && extra.eq_ignore_ascii_case("clear") {
+                keys.push("clear = true".to_string());
+            } else {
+                left_out.push(format!("driver option `{extra}`: strata's {driver} driver has no such option"));
+            }
         }
+        let mut refid = crate::Refclock::default_refid();
+        let mut lock = None;
         let mut words = options.iter();
         while let Some(&word) = words.next() {
             let option = word.to_ascii_lowercase();
@@ -481,24 +496,56 @@ impl Importer {
                     _ => Err(format!("`{v}` is not a stratum")),
                 }),
                 "refid" if (1..=4).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic()) => {
+                    refid = value.to_string();
                     Ok(format!("refid = {}", toml_string(value)))
                 }
+                // chrony's values, checked against strata's ranges.
+                "poll" | "dpoll" | "filter" | "maxlockage" => int(value).and_then(|v| {
+                    let checked = match option.as_str() {
+                        "poll" | "dpoll" => crate::RefclockPoll::try_from(v).map(drop),
+                        "filter" => crate::FilterLength::try_from(v).map(drop),
+                        _ => crate::MaxLockAge::try_from(v).map(drop),
+                    };
+                    checked.map(|()| format!("{option} = {v}")).map_err(|e| format!("strata: {e}"))
+                }),
+                "maxdispersion" => float(value).and_then(|v| {
+                    crate::MaxDispersion::try_from(v).map(|_| format!("maxdispersion = {}", toml_float(v)))
+                }),
+                // Resolved once every refclock is known (it may lock to a later line).
+                "lock" if pps => {
+                    lock = Some(value.to_string());
+                    continue;
+                }
                 _ => {
-                    left_out.push(format!(
-                        "option `{option} {value}`: strata reads a refclock every second and filters it like an NTP \
-                         source; no such option yet"
-                    ));
+                    left_out.push(format!("option `{option} {value}`: not supported by strata"));
                     continue;
                 }
             };
             match key {
                 Ok(key) => keys.push(key),
+                Err(why) if why.starts_with("strata: ") => left_out.push(format!("option `{option} {value}`: {why}")),
                 Err(why) => return self.invalid(line, format!("`{option}`: {why}")),
             }
         }
         let driver = format!("driver = {}", toml_string(&written));
         let item = self.table_item(line, std::iter::once(driver).chain(keys), left_out);
         self.refclocks.push(item);
+        self.refclock_refids.push((refid, pps, lock.map(|l| (l, line.number))));
+    }
+
+    /// Each PPS `lock` names the refid of a converted non-PPS refclock, or is left out.
+    fn resolve_locks(&mut self) {
+        for i in 0..self.refclocks.len() {
+            let Some((lock, number)) = self.refclock_refids[i].2.clone() else { continue };
+            let known = self.refclock_refids.iter().any(|(refid, pps, _)| !pps && *refid == lock);
+            if known {
+                self.refclocks[i].toml.push_str(&format!("\nlock = {}", toml_string(&lock)));
+            } else {
+                let reason = format!("option `lock {lock}`: no converted SOCK, SHM or PHC refclock has refid {lock}");
+                self.refclocks[i].comments.push(format!("  not converted: {}", comment_text(&reason)));
+                self.unsupported.push(Unsupported { line: number, directive: "refclock".into(), reason });
+            }
+        }
     }
 
     /// `makestep THRESHOLD LIMIT`.
@@ -585,7 +632,8 @@ impl Importer {
         set(&mut self.ratelimit, item);
     }
 
-    fn finish(self, source: &str) -> Import {
+    fn finish(mut self, source: &str) -> Import {
+        self.resolve_locks();
         let mut out = format!(
             "# strata configuration imported from {} by `strata import-chrony`.\n\
              # Above each item: the chrony.conf line it comes from. Lines that could not be\n\
@@ -896,6 +944,45 @@ mod tests {
     }
 
     #[test]
+    fn the_seeds_refclock_converts_whole() {
+        let (c, import) =
+            import_ok("refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0 stratum 1 precision 1e-9 prefer\n");
+        assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
+        let r = &c.refclock[0];
+        assert_eq!(r.driver, crate::RefclockDriver::Phc("/dev/ptp0".into()));
+        assert_eq!((r.poll.0, r.dpoll.0, r.offset, r.stratum, r.precision, r.prefer), (3, -2, 0.0, 1, 1e-9, true));
+    }
+
+    #[test]
+    fn a_pps_locked_to_nmea_converts_with_its_edge_and_lock() {
+        let (c, import) = import_ok(
+            "refclock PPS /dev/pps0:clear lock NMEA maxlockage 3 filter 16 maxdispersion 0.0001 refid PPS\n\
+             refclock SHM 0 refid NMEA offset 0.2 noselect\n",
+        );
+        assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
+        let pps = &c.refclock[0];
+        assert_eq!(pps.driver, crate::RefclockDriver::Pps("/dev/pps0".into()));
+        assert!(pps.clear_edge());
+        assert_eq!(pps.lock.as_ref().map(|l| l.get_ref().as_str()), Some("NMEA"));
+        assert_eq!((pps.maxlockage.0, pps.filter.0, pps.maxdispersion.map(|m| m.0)), (3, 16, Some(0.0001)));
+        // A lock to a refid no converted refclock has is named and left out.
+        let (c, import) = import_ok("refclock PPS /dev/pps0 lock GPS2\nrefclock PPS /dev/pps1 refid GPS2\n");
+        assert!(c.refclock[0].lock.is_none());
+        assert_eq!(
+            reasons(&import),
+            [(1, "refclock", "option `lock GPS2`: no converted SOCK, SHM or PHC refclock has refid GPS2")]
+        );
+        // Values beyond strata's ranges are named; the refclock converts without them.
+        let (c, import) = import_ok("refclock SHM 0 poll 20 filter 0\n");
+        assert_eq!(c.refclock[0].poll.0, 4);
+        assert_eq!(import.unsupported.len(), 2, "{:?}", import.unsupported);
+        assert!(import.unsupported[0].reason.starts_with("option `poll 20`: strata: a refclock poll interval"));
+        // `lock` on a PHC means nothing.
+        let (_, import) = import_ok("refclock PHC /dev/ptp0 lock NMEA\n");
+        assert_eq!(reasons(&import), [(1, "refclock", "option `lock NMEA`: not supported by strata")]);
+    }
+
+    #[test]
     fn log_and_logdir_become_the_logs_table() {
         let (c, import) = import_ok("logdir /var/log/chrony\nlog measurements statistics tracking rtc\n");
         let logs = c.logs.expect("a [logs] table");
@@ -913,7 +1000,7 @@ mod tests {
     #[test]
     fn unsupported_directives_say_why() {
         let text = "include /etc/chrony/conf.d/*.conf\nconfdir /etc/chrony/conf.d\n\
-                    refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0\ncmdallow 127.0.0.1\ncmdport 0\n\
+                    refclock PHC /dev/ptp0:nocrossts poll 3 dpoll -2 offset 0\ncmdallow 127.0.0.1\ncmdport 0\n\
                     bindcmdaddress ::1\nlog measurements statistics\nlogdir /var/log/chrony\nrtcsync\n\
                     hwtimestamp eth0\nkeyfile /etc/chrony.keys\nntsserverkey /k.pem\nfrobnicate 1\n";
         let (_, import) = import_ok(text);
@@ -921,11 +1008,7 @@ mod tests {
         let expected = [
             (1, "include", ONE_FILE),
             (2, "confdir", ONE_FILE),
-            (
-                3,
-                "refclock",
-                "option `poll 3`: strata reads a refclock every second and filters it like an NTP source; no such option yet",
-            ),
+            (3, "refclock", "driver option `nocrossts`: strata's PHC driver has no such option"),
             (4, "cmdallow", CONTROL),
             (5, "cmdport", CONTROL),
             (6, "bindcmdaddress", CONTROL),
@@ -939,7 +1022,11 @@ mod tests {
         }
         assert!(r.iter().any(|r| r.0 == 9 && r.2.contains("RTC")), "{r:?}");
         // The refclock's text stays in the output for the operator.
-        assert!(import.toml.contains("# line 3: refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0\n"), "{}", import.toml);
+        assert!(
+            import.toml.contains("# line 3: refclock PHC /dev/ptp0:nocrossts poll 3 dpoll -2 offset 0\n"),
+            "{}",
+            import.toml
+        );
     }
 
     #[test]

@@ -144,10 +144,76 @@ pub struct Refclock {
     pub trust: bool,
     #[serde(default)]
     pub require: bool,
+    /// chrony `poll`: the median filter gives the source one sample every 2^poll s.
+    #[serde(default = "default_refclock_poll")]
+    pub poll: RefclockPoll,
+    /// chrony `dpoll`: a PHC, SHM or PPS driver is read every 2^dpoll s.
+    #[serde(default = "default_refclock_dpoll")]
+    pub dpoll: RefclockPoll,
+    /// chrony `filter`: the median filter's length (shortened to what one poll
+    /// brings for a polled driver).
+    #[serde(default = "default_refclock_filter")]
+    pub filter: FilterLength,
+    /// chrony `maxdispersion`, seconds: filtered samples with a larger dispersion
+    /// are dropped. Absent: no limit.
+    #[serde(default)]
+    pub maxdispersion: Option<MaxDispersion>,
+    /// chrony `lock REFID` (PPS only): number the pulses' seconds with the refclock
+    /// of this refid. Without it the second comes from the system clock, which must
+    /// then be synchronised to another source within 0.5 s.
+    #[serde(default)]
+    pub lock: Option<Spanned<String>>,
+    /// chrony `maxlockage`: how many pulses old the locked refclock's sample may be.
+    #[serde(default = "default_maxlockage")]
+    pub maxlockage: MaxLockAge,
+    /// chrony's PPS `:clear`: the clear edge marks the second, not the assert edge.
+    #[serde(default)]
+    pub clear: Option<Spanned<bool>>,
+}
+
+impl Refclock {
+    /// The refid of a refclock that names none.
+    pub fn default_refid() -> String {
+        "GPS".into()
+    }
+
+    /// Whether a PPS refclock times the clear edge.
+    pub fn clear_edge(&self) -> bool {
+        self.clear.as_ref().is_some_and(|c| *c.get_ref())
+    }
+}
+
+fn default_refclock_poll() -> RefclockPoll {
+    RefclockPoll(4)
+}
+fn default_refclock_dpoll() -> RefclockPoll {
+    RefclockPoll(0)
+}
+fn default_refclock_filter() -> FilterLength {
+    FilterLength(64)
+}
+fn default_maxlockage() -> MaxLockAge {
+    MaxLockAge(2)
+}
+
+/// chrony `maxdispersion`: a finite number of seconds above 0.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(try_from = "f64")]
+pub struct MaxDispersion(pub f64);
+
+impl TryFrom<f64> for MaxDispersion {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if v.is_finite() && v > 0.0 && v <= 16.0 {
+            Ok(MaxDispersion(v))
+        } else {
+            Err(format!("a maximum dispersion must be above 0 and at most 16 seconds, not {v}"))
+        }
+    }
 }
 
 fn default_refid() -> String {
-    "GPS".into()
+    Refclock::default_refid()
 }
 fn default_refclock_delay() -> f64 {
     1e-9
@@ -163,6 +229,15 @@ pub enum RefclockDriver {
     Shm(u8),
     /// A PTP hardware clock (`/dev/ptpN`), read against the system clock.
     Phc(PathBuf),
+    /// An RFC 2783 PPS source (`/dev/ppsN`): the phase of the second only.
+    Pps(PathBuf),
+}
+
+impl RefclockDriver {
+    /// Drivers the reader polls every `dpoll` (SOCK samples arrive when gpsd sends them).
+    pub fn is_polled(&self) -> bool {
+        !matches!(self, RefclockDriver::Sock(_))
+    }
 }
 
 impl TryFrom<String> for RefclockDriver {
@@ -180,10 +255,18 @@ impl TryFrom<String> for RefclockDriver {
             }
             return Ok(RefclockDriver::Phc(PathBuf::from(path)));
         }
+        if let Some(path) = s.strip_prefix("pps:") {
+            if !Path::new(path).is_absolute() {
+                return Err(format!("{path:?} must be an absolute path"));
+            }
+            return Ok(RefclockDriver::Pps(PathBuf::from(path)));
+        }
         if let Some(unit) = s.strip_prefix("shm:") {
             return unit.parse().map(RefclockDriver::Shm).map_err(|_| format!("{unit:?} is not an SHM unit (0-255)"));
         }
-        Err(format!("unknown refclock driver {s:?}: expected \"sock:/PATH\", \"shm:UNIT\" or \"phc:/dev/ptpN\""))
+        Err(format!(
+            "unknown refclock driver {s:?}: expected \"sock:/PATH\", \"shm:UNIT\", \"phc:/dev/ptpN\" or \"pps:/dev/ppsN\""
+        ))
     }
 }
 
@@ -625,6 +708,11 @@ bounded!(ClientLogLimit, 4096, 2_147_483_648i64, "a client log limit in bytes");
 
 bounded!(Stratum, 1, 15, "a stratum");
 
+// chrony's refclock `poll` and `dpoll`: powers of two seconds.
+bounded!(RefclockPoll: i8, -6, 12, "a refclock poll interval (log2 seconds)");
+bounded!(FilterLength: u16, 1, 1024, "a median filter length");
+bounded!(MaxLockAge: u8, 1, 64, "a lock age in pulses");
+
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text =
@@ -647,8 +735,35 @@ impl Config {
             // The span starts at the opening quote of the string.
             return Err(invalid(rule.span().start + 1 + e.offset, format!("access rule: {}", e.kind)));
         }
+        if let Some((offset, message)) = check_refclocks(&config.refclock) {
+            return Err(invalid(offset, message));
+        }
         Ok(config)
     }
+}
+
+/// The refclock options that depend on the driver or on another refclock: the
+/// byte offset of the offending value and what is wrong.
+fn check_refclocks(refclocks: &[Refclock]) -> Option<(usize, String)> {
+    for r in refclocks {
+        let pps = matches!(r.driver, RefclockDriver::Pps(_));
+        if let Some(clear) = &r.clear
+            && !pps
+        {
+            return Some((clear.span().start, "`clear` is an option of PPS refclocks".into()));
+        }
+        let Some(lock) = &r.lock else { continue };
+        let refid = lock.get_ref();
+        if !pps {
+            return Some((lock.span().start, "`lock` is an option of PPS refclocks".into()));
+        }
+        // The seconds must come from a refclock that knows them: not a PPS.
+        let locked = refclocks.iter().find(|o| !matches!(o.driver, RefclockDriver::Pps(_)) && &o.refid == refid);
+        if locked.is_none() {
+            return Some((lock.span().start + 1, format!("`lock`: no SOCK, SHM or PHC refclock has refid {refid:?}")));
+        }
+    }
+    None
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -713,6 +828,62 @@ mod tests {
         assert_eq!(c.upstream[2].maxsources, 4);
         let err = parse("[[upstream]]\naddress = \"bad host!\"\n").unwrap_err();
         assert!(err.starts_with("t.toml:2:11: \"bad host!\" is neither"), "{err}");
+    }
+
+    #[test]
+    fn the_seeds_refclock_is_accepted_in_tomls_form() {
+        // `refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0 stratum 1 precision 1e-9 prefer`
+        let c = parse(
+            "[[refclock]]\ndriver = \"phc:/dev/ptp0\"\npoll = 3\ndpoll = -2\noffset = 0.0\nstratum = 1\n\
+             precision = 1e-9\nprefer = true\n",
+        )
+        .unwrap();
+        let r = &c.refclock[0];
+        assert_eq!(
+            (r.poll, r.dpoll, r.filter, r.maxdispersion),
+            (RefclockPoll(3), RefclockPoll(-2), FilterLength(64), None)
+        );
+        assert!(r.driver.is_polled() && r.prefer);
+        // chrony's defaults.
+        let c = parse("[[refclock]]\ndriver = \"sock:/run/gps.sock\"\n").unwrap();
+        assert_eq!(
+            (c.refclock[0].poll, c.refclock[0].dpoll, c.refclock[0].maxlockage),
+            (RefclockPoll(4), RefclockPoll(0), MaxLockAge(2))
+        );
+    }
+
+    #[test]
+    fn refclock_options_out_of_range_point_at_their_value() {
+        let head = "[[refclock]]\ndriver = \"shm:0\"\n";
+        let err = |tail: &str| parse(&format!("{head}{tail}")).unwrap_err();
+        assert_eq!(
+            err("poll = 13\n"),
+            "t.toml:3:8: a refclock poll interval (log2 seconds) must be between -6 and 12, not 13"
+        );
+        assert_eq!(
+            err("dpoll = -7\n"),
+            "t.toml:3:9: a refclock poll interval (log2 seconds) must be between -6 and 12, not -7"
+        );
+        assert_eq!(err("filter = 0\n"), "t.toml:3:10: a median filter length must be between 1 and 1024, not 0");
+        assert!(err("maxdispersion = -1.0\n").starts_with("t.toml:3:17: a maximum dispersion must be above 0"));
+        assert!(err("maxdispersion = nan\n").starts_with("t.toml:3:17:"));
+        assert_eq!(err("maxlockage = 0\n"), "t.toml:3:14: a lock age in pulses must be between 1 and 64, not 0");
+        assert_eq!(err("clear = true\n"), "t.toml:3:9: `clear` is an option of PPS refclocks");
+        assert_eq!(err("lock = \"GPS\"\n"), "t.toml:3:8: `lock` is an option of PPS refclocks");
+    }
+
+    #[test]
+    fn a_pps_refclock_locks_to_another_refclocks_refid() {
+        let nmea = "[[refclock]]\ndriver = \"shm:0\"\nrefid = \"NMEA\"\nnoselect = true\n";
+        let pps = "[[refclock]]\ndriver = \"pps:/dev/pps0\"\nrefid = \"PPS\"\nlock = \"NMEA\"\nclear = true\n";
+        let c = parse(&format!("{nmea}{pps}")).unwrap();
+        assert_eq!(c.refclock[1].driver, RefclockDriver::Pps("/dev/pps0".into()));
+        assert_eq!(c.refclock[1].lock.as_ref().unwrap().get_ref(), "NMEA");
+        assert!(c.refclock[1].clear_edge() && !c.refclock[0].clear_edge());
+        // Without the NMEA refclock there is nothing to lock to.
+        assert_eq!(parse(pps).unwrap_err(), "t.toml:4:9: `lock`: no SOCK, SHM or PHC refclock has refid \"NMEA\"");
+        let err = parse("[[refclock]]\ndriver = \"pps:dev/pps0\"\n").unwrap_err();
+        assert!(err.starts_with("t.toml:2:10: \"dev/pps0\" must be an absolute path"), "{err}");
     }
 
     #[test]

@@ -26,9 +26,15 @@ pub struct Listeners {
     pub unix: Option<OwnedFd>,
     pub tls: Option<OwnedFd>,
     pub metrics: Option<OwnedFd>,
-    pub certificate: Option<Vec<u8>>,
-    pub private_key: Option<Vec<u8>>,
-    pub client_ca: Option<Vec<u8>>,
+    pub pem: TlsPem,
+}
+
+/// The TLS listener's PEM files, read before the sandbox.
+#[derive(Default)]
+pub struct TlsPem {
+    certificate: Option<Vec<u8>>,
+    private_key: Option<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
 }
 
 impl Listeners {
@@ -38,9 +44,9 @@ impl Listeners {
         let mut pem = Vec::new();
         std::fs::File::from(fd).read_to_end(&mut pem).map_err(|e| format!("reading the TLS {kind:?}: {e}"))?;
         match kind {
-            TlsFile::Certificate => self.certificate = Some(pem),
-            TlsFile::PrivateKey => self.private_key = Some(pem),
-            TlsFile::ClientCa => self.client_ca = Some(pem),
+            TlsFile::Certificate => self.pem.certificate = Some(pem),
+            TlsFile::PrivateKey => self.pem.private_key = Some(pem),
+            TlsFile::ClientCa => self.pem.client_ca = Some(pem),
         }
         Ok(())
     }
@@ -87,8 +93,7 @@ impl ServerThread {
                         tasks.spawn(serve_unix(fd, unix));
                     }
                     if let Some(fd) = listeners.tls {
-                        let files = (listeners.certificate, listeners.private_key, listeners.client_ca);
-                        tasks.spawn(serve_tls(fd, files, tls));
+                        tasks.spawn(serve_tls(fd, listeners.pem, tls));
                     }
                     if let Some(fd) = listeners.metrics {
                         tasks.spawn(serve_metrics(fd, Arc::clone(&shared)));
@@ -159,13 +164,9 @@ async fn serve_unix(fd: OwnedFd, api: Api) -> Result<(), String> {
         .map_err(|e| format!("gRPC on the control socket: {e}"))
 }
 
-async fn serve_tls(
-    fd: OwnedFd,
-    files: (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>),
-    api: Api,
-) -> Result<(), String> {
+async fn serve_tls(fd: OwnedFd, pem: TlsPem, api: Api) -> Result<(), String> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let (Some(certificate), Some(key), Some(ca)) = files else {
+    let (Some(certificate), Some(key), Some(ca)) = (pem.certificate, pem.private_key, pem.client_ca) else {
         return Err("the TLS listener came without its certificate, key and client CA".into());
     };
     let tls = ServerTlsConfig::new()

@@ -88,7 +88,7 @@ impl ControlPlane {
             EngineToControl::Status(status) => {
                 let mut view = self.shared.view();
                 let before = view.engine.take();
-                view.engine = Some(status);
+                view.engine = Some(*status);
                 let events = view::changes(before.as_ref(), view.engine.as_ref().expect("just set"), &view);
                 drop(view);
                 for event in events {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod clientlog;
+mod refclock;
 mod server;
 mod timekeeping;
 mod workers;
@@ -106,7 +107,7 @@ impl Service for Engine {
                     (self.status.clients_logged, self.status.client_log_bytes) = self.shared.client_log_size();
                     (self.status.tracking, self.status.sources, self.status.failovers, self.status.failovers_total) =
                         self.timekeeper.status();
-                    out.send(&EngineToControl::Status(self.status.clone()));
+                    out.send(&EngineToControl::Status(Box::new(self.status.clone())));
                 }
                 ControlToEngine::ReadClients => out.send(&EngineToControl::Clients(self.shared.busiest_clients())),
                 // Operator commands: the control plane checked the caller's role;

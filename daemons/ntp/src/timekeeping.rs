@@ -18,17 +18,18 @@ use nix::sys::time::TimeSpec;
 use strata_process::child::Outbox;
 use strata_proto::ipc::{
     AddSource, ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Failover, Leap as WireLeap,
-    LogRecord, MAX_FAILOVERS, MAX_SOURCES, NtpSettings, RefclockSample, RefclockSourceSettings, SourceStatus,
-    TrackingStatus, UpstreamSettings,
+    LogRecord, MAX_FAILOVERS, MAX_SOURCES, NtpSettings, RefclockSample, SourceStatus, TrackingStatus, UpstreamSettings,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 use strata_sync::discipline::{ClockAction, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
 use strata_sync::filter::{ClockFilter, FilterConfig};
+use strata_sync::refclock::RawSample;
 use strata_sync::selection::{Candidate, Selection, SelectionConfig, select};
 use strata_sync::source::{NtpSource, Response, ServerOptions};
 use strata_sync::{Leap, LocalTime, Sample, SelectOptions, SourceId};
 use tracing::{debug, info, warn};
 
+use crate::refclock::RefclockSource;
 use crate::server::ServerState;
 use crate::workers::{Shared, system_now_ns};
 
@@ -37,20 +38,6 @@ use crate::workers::{Shared, system_now_ns};
 const ADJUSTER_SLEW_RATE_PPM: f64 = strata_policy::clock::MAX_SLEW_RATE_PPM;
 const ADJUSTER_MAX_FREQUENCY_PPM: f64 = strata_policy::clock::MAX_FREQUENCY_PPM;
 
-/// A reference clock as a source: its samples come from the refclock reader.
-struct RefclockSource {
-    settings: RefclockSourceSettings,
-    filter: ClockFilter,
-    last_sample: Option<Instant>,
-    /// Samples since the refclock last fell silent: it counts as reachable again
-    /// only after [`REFCLOCK_RETURN_SAMPLES`] of them, so that a flapping feed does
-    /// not switch the appliance back and forth (hysteresis).
-    samples_since_silence: u32,
-}
-
-/// Samples a refclock must deliver after a silence before it is selectable again.
-const REFCLOCK_RETURN_SAMPLES: u32 = 4;
-
 /// At start-up, selection waits (up to this long) until a majority of the
 /// configured sources have samples: otherwise whichever source answers first,
 /// a falseticker included, is selected alone for a moment.
@@ -58,10 +45,6 @@ const STARTUP_QUORUM_WAIT: Duration = Duration::from_secs(15);
 
 /// Source ids of refclocks start here, after any number of upstreams.
 const REFCLOCK_ID_BASE: u32 = 1 << 16;
-
-/// A refclock that sent nothing for this long is unreachable (chrony: no sample in
-/// the last polls); selection then fails over to the NTP sources.
-const REFCLOCK_SILENCE: Duration = Duration::from_secs(8);
 
 struct Upstream {
     address: SocketAddr,
@@ -137,16 +120,7 @@ impl Timekeeper {
             discipline = discipline.with_initial_frequency(ppm).with_initial_skew(skew_ppm);
         }
         let selection_config = SelectionConfig { min_sources: usize::from(settings.minsources), ..Default::default() };
-        let refclocks = settings
-            .refclocks
-            .iter()
-            .map(|r| RefclockSource {
-                settings: r.clone(),
-                filter: ClockFilter::new(FilterConfig::default()),
-                last_sample: None,
-                samples_since_silence: 0,
-            })
-            .collect();
+        let refclocks = settings.refclocks.iter().map(|r| RefclockSource::new(r.clone())).collect();
         Ok(Timekeeper {
             shared,
             upstreams,
@@ -283,31 +257,25 @@ impl Timekeeper {
                 sample.offset_s, sample.dispersion_s
             ));
         }
+        // A PPS without `lock` knows only the phase of the second; the second
+        // itself is the clock's, which must be synchronised within 0.5 s (chrony).
+        if r.settings.pulse_unlocked && !synchronised_within(&self.shared, 0.5) {
+            debug!(refclock = sample.refclock, "pulse ignored: the clock is not synchronised to number its second");
+            return Ok(());
+        }
         // The reader measures against the system clock; the served clock may be a
         // model or a PHC: re-express time and offset against it.
         let clock_offset_s = self.shared.time_offset_s(sample.system_time_ns);
         let time = LocalTime(sample.system_time_ns + (clock_offset_s * 1e9) as i64);
-        if r.last_sample.is_none_or(|t| t.elapsed() >= REFCLOCK_SILENCE) {
-            if r.last_sample.is_some() {
-                info!(refclock = sample.refclock, "refclock feed is back");
-            }
-            r.samples_since_silence = 0;
-            // Samples from before the silence say nothing about now.
-            r.filter.clear();
-        }
-        r.filter.add(Sample {
+        let raw = RawSample {
             time,
             offset_s: sample.offset_s + r.settings.offset_s - clock_offset_s,
-            delay_s: r.settings.delay_s,
-            dispersion_s: r.settings.precision_s + sample.dispersion_s,
-            root_delay_s: 0.0,
-            root_dispersion_s: 0.0,
-            stratum: r.settings.stratum,
-            leap: Leap::None,
-        });
-        r.samples_since_silence += 1;
-        r.last_sample = Some(Instant::now());
-        self.update(time, out);
+            dispersion_s: sample.dispersion_s,
+        };
+        // One filtered sample per poll reaches selection.
+        if r.on_sample(usize::from(sample.refclock), raw, Instant::now()) {
+            self.update(time, out);
+        }
         Ok(())
     }
 
@@ -353,8 +321,7 @@ impl Timekeeper {
                 id: SourceId(REFCLOCK_ID_BASE + i as u32),
                 options: SelectOptions { prefer: s.prefer, noselect: s.noselect, trust: s.trust, require: s.require },
                 estimate,
-                reachable: r.last_sample.is_some_and(|t| t.elapsed() < REFCLOCK_SILENCE)
-                    && r.samples_since_silence >= REFCLOCK_RETURN_SAMPLES,
+                reachable: r.reachable(),
             });
         }
         let configured = self.upstreams.len() + self.refclocks.len();
@@ -501,16 +468,14 @@ impl Timekeeper {
         for (i, r) in self.refclocks.iter().enumerate() {
             let estimate = r.filter.estimate(now);
             let last = r.filter.samples().last();
-            let reachable = r.last_sample.is_some_and(|t| t.elapsed() < REFCLOCK_SILENCE);
             sources.push(SourceStatus {
                 refclock: true,
                 name: refid_name(r.settings.refid),
                 state: state_of(SourceId(REFCLOCK_ID_BASE + i as u32)).unwrap_or('?'),
                 stratum: r.settings.stratum,
-                poll_log2: 0,
-                // One bit a second over the last eight: what chronyc shows for a refclock.
-                reach: if reachable { 0xff >> (8 - r.samples_since_silence.min(8)) } else { 0 },
-                last_sample_age_s: r.last_sample.map(|t| t.elapsed().as_secs_f64()),
+                poll_log2: r.poll_log2(),
+                reach: r.reach(),
+                last_sample_age_s: r.last_sample_age_s(),
                 offset_s: estimate.map_or(0.0, |e| e.offset_s),
                 jitter_s: estimate.map_or(0.0, |e| e.jitter_s),
                 delay_s: estimate.map_or(0.0, |e| e.delay_s),
@@ -676,6 +641,13 @@ impl Upstream {
 /// A refid as text: "GPS\0" → "GPS".
 fn refid_name(refid: [u8; 4]) -> String {
     String::from_utf8_lossy(&refid).trim_end_matches('\0').to_string()
+}
+
+/// Whether the appliance serves a synchronised time (a selected source or a local
+/// reference) with a root distance below `distance_s`.
+fn synchronised_within(shared: &Shared, distance_s: f64) -> bool {
+    let serving = shared.serving.read().unwrap_or_else(|e| e.into_inner());
+    serving.leap != LeapIndicator::Unsynchronized && serving.root_delay_s / 2.0 + serving.root_dispersion_s < distance_s
 }
 
 /// The served clock now, as the sans-IO core counts time.

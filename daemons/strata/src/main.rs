@@ -10,6 +10,7 @@ mod audit;
 mod control;
 mod logs;
 mod notify;
+mod refclocks;
 mod resolve;
 mod status;
 mod supervisor;

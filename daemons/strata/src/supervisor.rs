@@ -28,8 +28,8 @@ use strata_config::Config;
 use strata_process::channel::{Channel, RecvError};
 use strata_proto::ipc::{
     self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity, MAX_FRAME,
-    NtpSettings, RateLimitSettings, RefclockDriverSettings, RefclockSettings, RefclockSourceSettings, Resource, Role,
-    Settings, Start, SupervisorToChild, UnlinkReason, UpstreamSettings,
+    NtpSettings, RateLimitSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
+    UpstreamSettings,
 };
 use strata_sys::Capability;
 use tracing::{debug, error, info, warn};
@@ -70,6 +70,8 @@ pub(crate) enum StartError {
     Control { what: String, source: std::io::Error },
     #[error("locating the process binaries: {0}")]
     Binaries(std::io::Error),
+    #[error("refclock {path}: {source}")]
+    Refclock { path: PathBuf, source: std::io::Error },
 }
 
 enum Phase {
@@ -203,27 +205,9 @@ impl Supervisor {
             }
             info!(%addr, port, threads, "bound NTP sockets");
         }
-        // SOCK refclocks: the sockets gpsd writes samples to (chrony's refclock SOCK).
-        let mut refclock_sockets = Vec::new();
-        for (i, r) in config.refclock.iter().enumerate() {
-            match &r.driver {
-                strata_config::RefclockDriver::Sock(path) => {
-                    let _ = std::fs::remove_file(path);
-                    let socket = std::os::unix::net::UnixDatagram::bind(path)
-                        .map_err(|source| StartError::ClockModel { path: path.clone(), source })?;
-                    refclock_sockets.push((Resource::SockSocket { refclock: i as u16 }, OwnedFd::from(socket)));
-                }
-                strata_config::RefclockDriver::Phc(path) => {
-                    let device = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(path)
-                        .map_err(|source| StartError::ClockModel { path: path.clone(), source })?;
-                    refclock_sockets.push((Resource::PhcRefclock { refclock: i as u16 }, OwnedFd::from(device)));
-                }
-                strata_config::RefclockDriver::Shm(_) => {}
-            }
-        }
+        // Refclock devices and sockets, opened here: the reader may open nothing.
+        let refclock_sockets =
+            crate::refclocks::open(&config.refclock).map_err(|(path, source)| StartError::Refclock { path, source })?;
         let dir = &config.supervisor.runtime_dir;
         std::fs::create_dir_all(dir).map_err(|source| StartError::RuntimeDir { dir: dir.clone(), source })?;
         let control_resources = crate::control::open_resources(&config)?;
@@ -442,41 +426,11 @@ impl Supervisor {
                     initial_frequency: self.config.clock.driftfile.as_deref().and_then(read_driftfile),
                     leap_sec_mode: self.config.clock.leapsecmode as u8,
                     log_records: self.config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
-                    refclocks: self
-                        .config
-                        .refclock
-                        .iter()
-                        .map(|r| {
-                            let mut refid = [0u8; 4];
-                            for (i, b) in r.refid.bytes().take(4).enumerate() {
-                                refid[i] = b;
-                            }
-                            RefclockSourceSettings {
-                                refid,
-                                offset_s: r.offset,
-                                delay_s: r.delay,
-                                precision_s: r.precision,
-                                stratum: r.stratum,
-                                prefer: r.prefer,
-                                noselect: r.noselect,
-                                trust: r.trust,
-                                require: r.require,
-                            }
-                        })
-                        .collect(),
+                    refclocks: crate::refclocks::source_settings(&self.config.refclock),
                 })
             }
             Role::Refclock => Settings::Refclock(RefclockSettings {
-                refclocks: self
-                    .config
-                    .refclock
-                    .iter()
-                    .map(|r| match r.driver {
-                        strata_config::RefclockDriver::Sock(_) => RefclockDriverSettings::Sock,
-                        strata_config::RefclockDriver::Shm(unit) => RefclockDriverSettings::Shm { unit },
-                        strata_config::RefclockDriver::Phc(_) => RefclockDriverSettings::Phc { tai: r.tai },
-                    })
-                    .collect(),
+                refclocks: crate::refclocks::driver_settings(&self.config.refclock),
             }),
             Role::Adjust => Settings::Adjust(AdjustSettings {
                 backend: self.config.clock.backend.0,

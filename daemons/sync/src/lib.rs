@@ -13,6 +13,7 @@
 
 pub mod discipline;
 pub mod filter;
+pub mod refclock;
 pub mod selection;
 pub mod source;
 

@@ -94,6 +94,9 @@ pub const PPS_FETCH: u64 = ioc(IOC_READ | IOC_WRITE, b'p', 0xa4, size_of::<*mut 
 
 use std::mem::size_of;
 
+/// linux/pps.h PPS_TIME_INVALID: in `pps_fdata.timeout.flags`, "wait forever".
+pub const PPS_TIME_INVALID: u32 = 1 << 0;
+
 /// One reading of a PHC against the system clock: the PHC time, and the system
 /// times just before and after it (equal for PTP_SYS_OFFSET_PRECISE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +191,87 @@ impl<F: AsFd> PhcDevice for Phc<F> {
     }
 }
 
+/// Which edge of the pulse marks the second (chrony's PPS `clear` option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PpsEdge {
+    Assert,
+    Clear,
+}
+
+/// An RFC 2783 PPS source, as the Linux pps uapi exposes it.
+pub trait PpsDevice {
+    /// PPS_FETCH with a zero timeout: the latest timestamps of both edges, without
+    /// waiting for the next pulse.
+    fn fetch(&self) -> io::Result<PpsKinfo>;
+}
+
+/// One pulse: the system clock's time of its edge (the kernel's timestamp), ns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pulse {
+    pub system_time_ns: i64,
+    pub sequence: u32,
+}
+
+/// Reads the pulses of one PPS device, each once.
+#[derive(Clone, Debug)]
+pub struct PulseReader {
+    edge: PpsEdge,
+    last_sequence: Option<u32>,
+}
+
+impl PulseReader {
+    pub fn new(edge: PpsEdge) -> PulseReader {
+        PulseReader { edge, last_sequence: None }
+    }
+
+    /// The newest pulse, if there was one since the last call (chrony's PPS driver
+    /// polls the same way: a fetch every `dpoll`, a pulse counts when its sequence
+    /// number moved). An edge the device does not capture never moves.
+    pub fn read(&mut self, device: &impl PpsDevice) -> io::Result<Option<Pulse>> {
+        let info = device.fetch()?;
+        let (sequence, time) = match self.edge {
+            PpsEdge::Assert => (info.assert_sequence, info.assert_tu),
+            PpsEdge::Clear => (info.clear_sequence, info.clear_tu),
+        };
+        if self.last_sequence == Some(sequence) {
+            return Ok(None);
+        }
+        self.last_sequence = Some(sequence);
+        // Sequence 0 with no time: the edge has not been seen since the device appeared.
+        if sequence == 0 && time.sec == 0 && time.nsec == 0 {
+            return Ok(None);
+        }
+        if !(0..1_000_000_000).contains(&time.nsec) || time.sec <= 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("PPS timestamp {}.{}", time.sec, time.nsec),
+            ));
+        }
+        let system_time_ns = time
+            .sec
+            .checked_mul(1_000_000_000)
+            .and_then(|ns| ns.checked_add(i64::from(time.nsec)))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "PPS timestamp out of range"))?;
+        Ok(Some(Pulse { system_time_ns, sequence }))
+    }
+}
+
+/// A PPS device descriptor (`/dev/ppsN`, opened by the supervisor).
+pub struct Pps<F: AsFd>(pub F);
+
+impl<F: AsFd> PpsDevice for Pps<F> {
+    fn fetch(&self) -> io::Result<PpsKinfo> {
+        // timeout 0 with PPS_TIME_INVALID clear: the kernel returns at once.
+        let mut fdata = PpsFdata::default();
+        // SAFETY: `fdata` is a valid, exclusively borrowed `struct pps_fdata` (layout
+        // checked against the uapi headers by the tests); PPS_FETCH reads and writes
+        // exactly that struct through the pointer.
+        let rc =
+            unsafe { libc::ioctl(self.0.as_fd().as_raw_fd(), PPS_FETCH as libc::Ioctl, &mut fdata as *mut PpsFdata) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(fdata.info) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +285,7 @@ mod tests {
         std::fs::write(
             &c,
             r#"#include <stdio.h>
+#include <stddef.h>
 #include <linux/ptp_clock.h>
 #include <linux/pps.h>
 int main(void) {
@@ -208,6 +293,10 @@ int main(void) {
          sizeof(struct ptp_sys_offset_extended), sizeof(struct ptp_sys_offset_precise), sizeof(struct pps_fdata));
   printf("%lu %lu %lu %lu\n", (unsigned long)PTP_SYS_OFFSET, (unsigned long)PTP_SYS_OFFSET_PRECISE,
          (unsigned long)PTP_SYS_OFFSET_EXTENDED, (unsigned long)PPS_FETCH);
+  printf("%zu %zu %zu %zu %zu %zu %zu %d\n", sizeof(struct pps_ktime), sizeof(struct pps_kinfo),
+         offsetof(struct pps_kinfo, clear_sequence), offsetof(struct pps_kinfo, assert_tu),
+         offsetof(struct pps_kinfo, clear_tu), offsetof(struct pps_kinfo, current_mode),
+         offsetof(struct pps_fdata, timeout), PPS_TIME_INVALID);
   return 0;
 }
 "#,
@@ -234,7 +323,20 @@ int main(void) {
                 size_of::<PpsFdata>() as u64
             ]
         );
-        assert_eq!(h[5..], [PTP_SYS_OFFSET, PTP_SYS_OFFSET_PRECISE, PTP_SYS_OFFSET_EXTENDED, PPS_FETCH]);
+        assert_eq!(h[5..9], [PTP_SYS_OFFSET, PTP_SYS_OFFSET_PRECISE, PTP_SYS_OFFSET_EXTENDED, PPS_FETCH]);
+        assert_eq!(
+            h[9..],
+            [
+                size_of::<PpsKtime>() as u64,
+                size_of::<PpsKinfo>() as u64,
+                std::mem::offset_of!(PpsKinfo, clear_sequence) as u64,
+                std::mem::offset_of!(PpsKinfo, assert_tu) as u64,
+                std::mem::offset_of!(PpsKinfo, clear_tu) as u64,
+                std::mem::offset_of!(PpsKinfo, current_mode) as u64,
+                std::mem::offset_of!(PpsFdata, timeout) as u64,
+                u64::from(PPS_TIME_INVALID),
+            ]
+        );
     }
 
     /// A PHC behind the ioctl interface: which calls it supports, what it returns.
@@ -282,10 +384,72 @@ int main(void) {
     #[test]
     fn the_refclock_readers_policy_allows_exactly_these_requests() {
         let policy = strata_policy::REFCLOCK.source;
-        for request in [PTP_SYS_OFFSET, PTP_SYS_OFFSET_PRECISE, PTP_SYS_OFFSET_EXTENDED] {
+        for request in [PTP_SYS_OFFSET, PTP_SYS_OFFSET_PRECISE, PTP_SYS_OFFSET_EXTENDED, PPS_FETCH] {
             assert!(policy.contains(&format!("\"val\": {request}")), "{request} missing from the refclock policy");
         }
-        assert_eq!(policy.matches("\"syscall\": \"ioctl\"").count(), 3);
+        assert_eq!(policy.matches("\"syscall\": \"ioctl\"").count(), 4);
+    }
+
+    /// A PPS source behind PPS_FETCH: the kernel's `pps_kinfo` as the test sets it.
+    struct FakePps(std::cell::Cell<PpsKinfo>);
+
+    impl PpsDevice for FakePps {
+        fn fetch(&self) -> io::Result<PpsKinfo> {
+            Ok(self.0.get())
+        }
+    }
+
+    fn ktime(sec: i64, nsec: i32) -> PpsKtime {
+        PpsKtime { sec, nsec, flags: 0 }
+    }
+
+    #[test]
+    fn each_pulse_is_read_once_on_its_edge() {
+        let device = FakePps(std::cell::Cell::new(PpsKinfo::default()));
+        let mut assert = PulseReader::new(PpsEdge::Assert);
+        let mut clear = PulseReader::new(PpsEdge::Clear);
+        // A fresh device: no edge seen yet.
+        assert_eq!(assert.read(&device).unwrap(), None);
+        // A pulse: asserted 20 µs before the second, cleared 100 ms later.
+        device.0.set(PpsKinfo {
+            assert_sequence: 1,
+            assert_tu: ktime(1_699_999_999, 999_980_000),
+            clear_sequence: 1,
+            clear_tu: ktime(1_700_000_000, 99_980_000),
+            ..PpsKinfo::default()
+        });
+        assert_eq!(
+            assert.read(&device).unwrap(),
+            Some(Pulse { system_time_ns: 1_699_999_999_999_980_000, sequence: 1 })
+        );
+        assert_eq!(
+            clear.read(&device).unwrap(),
+            Some(Pulse { system_time_ns: 1_700_000_000_099_980_000, sequence: 1 })
+        );
+        // Polled again before the next pulse: nothing new.
+        assert_eq!(assert.read(&device).unwrap(), None);
+        // A device that captures only the assert edge: the clear reader sees nothing.
+        let mut info = device.0.get();
+        info.assert_sequence = 2;
+        info.assert_tu = ktime(1_700_000_000, 999_980_000);
+        device.0.set(info);
+        assert_eq!(clear.read(&device).unwrap(), None);
+        assert_eq!(assert.read(&device).unwrap().unwrap().sequence, 2);
+    }
+
+    #[test]
+    fn an_absurd_pulse_timestamp_is_an_error() {
+        for tu in [ktime(1_700_000_000, 1_000_000_000), ktime(1_700_000_000, -1), ktime(-5, 0), ktime(i64::MAX, 0)] {
+            let device =
+                FakePps(std::cell::Cell::new(PpsKinfo { assert_sequence: 7, assert_tu: tu, ..Default::default() }));
+            assert!(PulseReader::new(PpsEdge::Assert).read(&device).is_err(), "{tu:?}");
+        }
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_a_pps_source_is_refused_by_the_kernel() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(PulseReader::new(PpsEdge::Assert).read(&Pps(&null)).is_err());
     }
 
     #[test]

@@ -1,0 +1,327 @@
+//! A reference clock's median filter (chrony's refclock `filter` option, its
+//! `samplefilt.c`): the raw samples a driver produces between two polls are
+//! collected; at each poll the ones nearest the median offset are averaged into one
+//! filtered sample, which is what the source's clock filter and selection see.
+//!
+//! chrony's rules, kept here:
+//! - the filter holds at most `length` samples (the oldest go first);
+//! - a poll gives a result only if at least `min(4, length)` samples arrived since
+//!   the previous poll (for a length below 4 the filter has to be full);
+//! - samples whose dispersion is more than 1.5 × the smallest are dropped first
+//!   (a reading that took unusually long says less);
+//! - of the rest, about 60 % nearest the median offset are kept (chrony's combine
+//!   ratio) and averaged: offset and time are means; the dispersion is the larger
+//!   of their mean dispersion and the standard deviation of their offsets;
+//! - `maxdispersion`: a result with a larger dispersion is dropped;
+//! - after a poll the filter starts empty ("samples collected between polls").
+//!
+//! For a polled driver (PHC, SHM, PPS) the filter cannot hold more samples than one
+//! poll brings, `2^(poll − dpoll)`: [`filter_length`] shortens it as chrony does.
+
+use std::collections::VecDeque;
+
+use crate::LocalTime;
+
+/// chrony's default refclock `filter` length.
+pub const DEFAULT_FILTER_LENGTH: usize = 64;
+/// The fraction of samples nearest the median that are averaged (chrony: 0.6).
+const COMBINE_RATIO: f64 = 0.6;
+
+/// One raw sample from a refclock driver.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RawSample {
+    /// When it was taken, on the local clock.
+    pub time: LocalTime,
+    /// Reference minus local clock, seconds.
+    pub offset_s: f64,
+    /// Its error bound (precision, reading delay), seconds.
+    pub dispersion_s: f64,
+}
+
+/// What a poll of the filter gave.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PollOutcome {
+    /// One filtered sample, made of `combined` raw samples.
+    Sample { sample: RawSample, combined: usize },
+    /// Fewer samples than a result needs arrived since the last poll.
+    TooFewSamples(usize),
+    /// The result's dispersion was above `maxdispersion` (it is dropped).
+    DispersionTooLarge(f64),
+}
+
+/// The filter length for a refclock polled every `2^poll` s whose driver reads every
+/// `2^dpoll` s (`None` for a driver that is not polled, such as SOCK): a poll can
+/// bring at most `2^(poll − dpoll)` samples (chrony's `RCL_AddRefclock`).
+pub fn filter_length(configured: usize, poll_log2: i8, dpoll_log2: Option<i8>) -> usize {
+    let configured = configured.max(1);
+    match dpoll_log2 {
+        Some(dpoll) => {
+            let per_poll = 1usize << (i32::from(poll_log2) - i32::from(dpoll)).clamp(0, 16);
+            configured.min(per_poll)
+        }
+        None => configured,
+    }
+}
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct MedianFilter {
+    length: usize,
+    max_dispersion_s: Option<f64>,
+    /// Oldest first.
+    samples: VecDeque<RawSample>,
+}
+
+impl MedianFilter {
+    /// `length` samples at most (at least 1); `max_dispersion_s`: chrony's
+    /// `maxdispersion` (`None`: no limit, chrony's default).
+    pub fn new(length: usize, max_dispersion_s: Option<f64>) -> MedianFilter {
+        let length = length.max(1);
+        MedianFilter { length, max_dispersion_s, samples: VecDeque::with_capacity(length) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Samples a poll needs for a result.
+    pub fn min_samples(&self) -> usize {
+        self.length.min(4)
+    }
+
+    /// Store a raw sample. Non-finite values are the caller's to refuse; they are
+    /// ignored here so that one cannot poison an average.
+    pub fn add(&mut self, sample: RawSample) {
+        if !(sample.offset_s.is_finite() && sample.dispersion_s.is_finite()) {
+            return;
+        }
+        if self.samples.len() == self.length {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(RawSample { dispersion_s: sample.dispersion_s.max(0.0), ..sample });
+    }
+
+    /// Forget the stored samples (the feed fell silent: they say nothing about now).
+    pub fn clear(&mut self) {
+        self.samples.clear();
+    }
+
+    /// The poll: combine the stored samples into one, and start empty again.
+    pub fn poll(&mut self) -> PollOutcome {
+        let samples: Vec<RawSample> = self.samples.drain(..).collect();
+        if samples.len() < self.min_samples() {
+            return PollOutcome::TooFewSamples(samples.len());
+        }
+        let kept = select(samples);
+        let n = kept.len() as f64;
+        let offset_s = kept.iter().map(|s| s.offset_s).sum::<f64>() / n;
+        // Mean time, computed from the first one so that i64 nanoseconds do not overflow.
+        let first = kept[0].time;
+        let mean_since_first_s = kept.iter().map(|s| s.time.seconds_since(first)).sum::<f64>() / n;
+        let variance = kept.iter().map(|s| (s.offset_s - offset_s).powi(2)).sum::<f64>() / n;
+        let mean_dispersion_s = kept.iter().map(|s| s.dispersion_s).sum::<f64>() / n;
+        let dispersion_s = mean_dispersion_s.max(variance.sqrt());
+        if self.max_dispersion_s.is_some_and(|max| dispersion_s > max) {
+            return PollOutcome::DispersionTooLarge(dispersion_s);
+        }
+        PollOutcome::Sample {
+            sample: RawSample { time: first.add_seconds(mean_since_first_s), offset_s, dispersion_s },
+            combined: kept.len(),
+        }
+    }
+}
+
+/// chrony's `select_samples`: drop the readings with a dispersion above 1.5 × the
+/// best, then keep the ~60 % nearest the median offset (all of them below 4).
+/// `samples` is not empty.
+fn select(samples: Vec<RawSample>) -> Vec<RawSample> {
+    let min_dispersion_s = samples.iter().map(|s| s.dispersion_s).fold(f64::INFINITY, f64::min);
+    let mut good: Vec<RawSample> =
+        samples.into_iter().filter(|s| s.dispersion_s <= 1.5 * min_dispersion_s + f64::EPSILON).collect();
+    if good.len() < 4 {
+        return good;
+    }
+    good.sort_by(|a, b| a.offset_s.total_cmp(&b.offset_s));
+    let want = ((good.len() as f64 * COMBINE_RATIO).round() as usize).max(1);
+    // Grow a window around the median towards whichever neighbour is nearer to it.
+    let median = if good.len() % 2 == 1 {
+        good[good.len() / 2].offset_s
+    } else {
+        (good[good.len() / 2 - 1].offset_s + good[good.len() / 2].offset_s) / 2.0
+    };
+    let (mut from, mut to) = ((good.len() - 1) / 2, (good.len() - 1) / 2);
+    while to - from + 1 < want {
+        let below = (from > 0).then(|| median - good[from - 1].offset_s);
+        let above = (to + 1 < good.len()).then(|| good[to + 1].offset_s - median);
+        match (below, above) {
+            (Some(b), Some(a)) if b <= a => from -= 1,
+            (Some(_), None) => from -= 1,
+            _ => to += 1,
+        }
+    }
+    good.drain(from..=to).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(ms: i64) -> LocalTime {
+        LocalTime(1_700_000_000_000_000_000 + ms * 1_000_000)
+    }
+
+    fn raw(ms: i64, offset_s: f64) -> RawSample {
+        RawSample { time: at(ms), offset_s, dispersion_s: 1e-9 }
+    }
+
+    fn result(outcome: PollOutcome) -> (RawSample, usize) {
+        match outcome {
+            PollOutcome::Sample { sample, combined } => (sample, combined),
+            other => panic!("no result: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outliers_far_from_the_median_do_not_move_the_result() {
+        let mut f = MedianFilter::new(64, None);
+        // Ten readings within ±1 µs of 100 µs, and a 50 ms glitch each way.
+        let offsets = [100e-6, 101e-6, 99e-6, 0.050, 100e-6, 100.5e-6, -0.050, 99.5e-6, 100e-6, 101e-6, 99e-6, 100e-6];
+        for (i, o) in offsets.iter().enumerate() {
+            f.add(raw(i as i64 * 250, *o));
+        }
+        let (s, combined) = result(f.poll());
+        assert_eq!(combined, 7, "60 % of 12");
+        assert!((s.offset_s - 100e-6).abs() < 0.5e-6, "{}", s.offset_s);
+        // The kept readings agree within a µs: so does the dispersion.
+        assert!(s.dispersion_s < 1e-6, "{}", s.dispersion_s);
+        // Its time is the mean time of the kept readings, inside the poll.
+        assert!(s.time > at(0) && s.time < at(11 * 250));
+        // The filter starts empty after a poll.
+        assert!(f.is_empty());
+        assert_eq!(f.poll(), PollOutcome::TooFewSamples(0));
+    }
+
+    #[test]
+    fn a_plain_mean_would_have_been_wrong() {
+        // What the median buys: one wild reading among five.
+        let mut f = MedianFilter::new(8, None);
+        for (i, o) in [0.001, 0.001, 0.001, 0.001, 0.5].into_iter().enumerate() {
+            f.add(raw(i as i64, o));
+        }
+        let (s, _) = result(f.poll());
+        assert!((s.offset_s - 0.001).abs() < 1e-12, "{}", s.offset_s);
+    }
+
+    #[test]
+    fn a_result_needs_four_samples_or_a_full_short_filter() {
+        let mut f = MedianFilter::new(64, None);
+        for i in 0..3 {
+            f.add(raw(i, 0.0));
+        }
+        assert_eq!(f.poll(), PollOutcome::TooFewSamples(3));
+        let mut f = MedianFilter::new(2, None);
+        f.add(raw(0, 0.001));
+        assert_eq!(f.poll(), PollOutcome::TooFewSamples(1));
+        f.add(raw(1, 0.001));
+        f.add(raw(2, 0.003));
+        assert_eq!(result(f.poll()).1, 2);
+        // Length 1: every poll passes its one sample on (chrony's `filter 1`).
+        let mut f = MedianFilter::new(1, None);
+        f.add(raw(0, 0.5));
+        f.add(raw(1, 0.25));
+        assert_eq!(result(f.poll()), (raw(1, 0.25), 1));
+    }
+
+    #[test]
+    fn the_oldest_samples_leave_a_full_filter() {
+        let mut f = MedianFilter::new(4, None);
+        for i in 0..10 {
+            f.add(raw(i, i as f64));
+        }
+        assert_eq!(f.len(), 4);
+        let (s, _) = result(f.poll());
+        // 6..=9 remain; the middle 60 % of 4 (2 samples) are 7 and 8.
+        assert_eq!(s.offset_s, 7.5);
+    }
+
+    #[test]
+    fn slow_readings_are_dropped_before_the_median() {
+        let mut f = MedianFilter::new(16, None);
+        for i in 0..6 {
+            f.add(RawSample { time: at(i), offset_s: 0.002, dispersion_s: 100e-9 });
+        }
+        // Two readings that took 50 µs (a preempted PHC read) and say 1 ms.
+        for i in 6..8 {
+            f.add(RawSample { time: at(i), offset_s: 0.001, dispersion_s: 50e-6 });
+        }
+        let (s, combined) = result(f.poll());
+        assert_eq!(s.offset_s, 0.002);
+        assert_eq!(combined, 4, "60 % of the 6 fast ones");
+    }
+
+    #[test]
+    fn maxdispersion_drops_a_scattered_result() {
+        let mut f = MedianFilter::new(8, Some(1e-3));
+        for (i, o) in [0.0, 0.01, -0.01, 0.02, -0.02].into_iter().enumerate() {
+            f.add(raw(i as i64, o));
+        }
+        match f.poll() {
+            PollOutcome::DispersionTooLarge(d) => assert!(d > 1e-3),
+            other => panic!("{other:?}"),
+        }
+        let mut f = MedianFilter::new(8, Some(1e-3));
+        for i in 0..5 {
+            f.add(raw(i, 0.000_1 * i as f64));
+        }
+        assert!(matches!(f.poll(), PollOutcome::Sample { .. }));
+    }
+
+    #[test]
+    fn the_length_of_a_polled_driver_is_what_one_poll_brings() {
+        // The seed: poll 3, dpoll -2 → 32 readings per poll, so the filter is 32.
+        assert_eq!(filter_length(64, 3, Some(-2)), 32);
+        assert_eq!(filter_length(16, 3, Some(-2)), 16);
+        // poll 0, dpoll 0: one reading per poll, passed on as it is.
+        assert_eq!(filter_length(64, 0, Some(0)), 1);
+        // dpoll above poll reads once per poll (chrony lowers dpoll to poll).
+        assert_eq!(filter_length(64, 0, Some(4)), 1);
+        // A socket feed is not polled: the configured length.
+        assert_eq!(filter_length(64, 4, None), 64);
+        assert_eq!(filter_length(0, 4, None), 1);
+    }
+
+    #[test]
+    fn non_finite_samples_are_ignored() {
+        let mut f = MedianFilter::new(8, None);
+        f.add(raw(0, f64::NAN));
+        f.add(RawSample { dispersion_s: f64::INFINITY, ..raw(1, 0.0) });
+        assert!(f.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn the_result_lies_within_the_samples(offsets in proptest::collection::vec(-1.0f64..1.0, 1..100),
+                                              length in 1usize..80) {
+            let mut f = MedianFilter::new(length, None);
+            for (i, o) in offsets.iter().enumerate() {
+                f.add(raw(i as i64, *o));
+            }
+            let stored: Vec<f64> = offsets.iter().rev().take(length).copied().collect();
+            let (lo, hi) = stored.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), o| (l.min(*o), h.max(*o)));
+            match f.poll() {
+                PollOutcome::Sample { sample, combined } => {
+                    prop_assert!(sample.offset_s >= lo - 1e-12 && sample.offset_s <= hi + 1e-12);
+                    prop_assert!(combined >= 1 && combined <= stored.len());
+                    prop_assert!(sample.dispersion_s.is_finite() && sample.dispersion_s >= 0.0);
+                }
+                PollOutcome::TooFewSamples(n) => prop_assert!(n < 4.min(length)),
+                PollOutcome::DispersionTooLarge(_) => prop_assert!(false, "no limit was set"),
+            }
+        }
+    }
+}
