@@ -269,14 +269,16 @@ fn mutual_tls_refuses_a_client_without_a_trusted_certificate() {
     let ca = read("good-ca.pem");
     let rt = runtime();
     let tracking = |client: Option<(&[u8], &[u8])>| {
-        rt.block_on(async {
+        let call = async {
             let channel = tls_channel(tls_port, &ca, client).await.map_err(|e| format!("connect: {e:?}"))?;
             let mut monitor = MonitorClient::new(channel.clone());
             let tracking = monitor.tracking(v1::TrackingRequest {}).await.map_err(|s| format!("{s:?}"))?;
             let mut admin = AdminClient::new(channel);
             let step = admin.make_step(v1::MakeStepRequest {}).await.map(|_| ()).map_err(|s| s.code());
             Ok::<_, String>((tracking.into_inner(), step))
-        })
+        };
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), call).await })
+            .unwrap_or_else(|_| Err("no answer within 5 s".into()))
     };
     // A client with a certificate from the trusted CA reads; its role (read) forbids makestep.
     let (good_cert, good_key) = (read("good-client.pem"), read("good-client.key"));

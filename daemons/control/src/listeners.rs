@@ -40,9 +40,14 @@ pub struct TlsPem {
 impl Listeners {
     /// Read a TLS file the supervisor opened (before the sandbox: no `open` after).
     pub fn take_tls_file(&mut self, kind: TlsFile, fd: OwnedFd) -> Result<(), String> {
-        use std::io::Read;
+        use std::io::{Read, Seek};
         let mut pem = Vec::new();
-        std::fs::File::from(fd).read_to_end(&mut pem).map_err(|e| format!("reading the TLS {kind:?}: {e}"))?;
+        let mut file = std::fs::File::from(fd);
+        // The supervisor hands the same open file to every re-spawned control
+        // plane: read it from the start, wherever the last one stopped.
+        file.rewind()
+            .and_then(|()| file.read_to_end(&mut pem))
+            .map_err(|e| format!("reading the TLS {kind:?}: {e}"))?;
         match kind {
             TlsFile::Certificate => self.pem.certificate = Some(pem),
             TlsFile::PrivateKey => self.pem.private_key = Some(pem),
