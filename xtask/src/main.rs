@@ -34,6 +34,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chronyd", "chrony"),
     // ntpsec's one-shot client, for interop on port 123.
     ("ntpdig", "ntpsec-ntpdig"),
+    // `promtool check metrics` on the control plane's /metrics.
+    ("promtool", "prometheus"),
+    // Certificates for the control API's mutual-TLS tests.
+    ("openssl", "openssl"),
 ];
 
 fn main() -> ExitCode {
