@@ -764,6 +764,7 @@ pub struct TrackingStatus {
     pub reference_time_unix_ns: i64,
     pub offset_s: f64,
     pub rms_offset_s: f64,
+    /// The clock's own rate error (positive: fast), the negated correction.
     pub frequency_ppm: f64,
     pub skew_ppm: f64,
     pub root_delay_s: f64,

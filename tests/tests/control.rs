@@ -415,3 +415,43 @@ fn killing_the_control_plane_leaves_serving_alone_and_the_api_comes_back() {
     let event = wait_for("a watch event after the re-spawn", Duration::from_secs(10), watch_first_event);
     assert!(matches!(event.event, Some(v1::watch_event::Event::Tracking(_))), "{event:?}");
 }
+
+#[test]
+fn an_admins_makestep_steps_a_clock_the_discipline_would_only_slew() {
+    use strata_proto::clock_model::{ClockModel, RECORD_LEN};
+    if !require_root("makestep") {
+        return;
+    }
+    let dir = scratch_dir("control-makestep-model");
+    let model_path = dir.join("clock-model");
+    let now_ns = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let start = ClockModel { offset_s: 0.3, reference_ns: now_ns(), slew_end_ns: now_ns(), ..ClockModel::default() };
+    std::fs::write(&model_path, start.encode(1)).unwrap();
+    let model_offset = || {
+        let bytes = std::fs::read(&model_path).unwrap();
+        ClockModel::decode(&bytes[..RECORD_LEN]).unwrap().1.offset_at(now_ns())
+    };
+    let upstream = TestNtpServer::start("127.0.0.27:0", 0.0);
+    let port = free_udp_port();
+    // No makestep in the configuration: 0.3 s would be slewed, for ten minutes.
+    let clock = format!("backend = \"simulated:{}\"", model_path.display());
+    let mut appliance =
+        Appliance::start_with_clock("control-makestep", Some(&config(port, upstream.address, "")), &clock);
+    let socket = socket_of(&appliance);
+    wait_for("tracking synchronised to the upstream", Duration::from_secs(20), || {
+        let (code, out, _) = stratactl(&socket, None, &["--json", "tracking"]);
+        (code == 0 && json(&out)["synchronised"] == true).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(appliance.status().clock_steps_used, 0);
+    assert!(model_offset() > 0.25, "the clock moved by more than a slew: {}", model_offset());
+
+    let (code, out, err) = stratactl(&socket, None, &["makestep"]);
+    assert_eq!(code, 0, "makestep: {err}");
+    assert!(out.contains("step"), "{out}");
+    appliance.wait_until("the operator's step", Duration::from_secs(10), |s| s.clock_steps_used == 1);
+    wait_for("the model clock stepped onto the upstream", Duration::from_secs(5), || {
+        (model_offset().abs() < 0.01).then_some(())
+    });
+    assert!(appliance.log().contains("makestep"), "the admin call is not in the log");
+}

@@ -135,7 +135,7 @@ impl Service for Engine {
                     out.send(&EngineToControl::Done(done));
                 }
                 ControlToEngine::StepAuthorised => {
-                    out.send(&EngineToControl::Done(Ok(self.timekeeper.step_authorised())));
+                    out.send(&EngineToControl::Done(self.timekeeper.step_authorised()));
                 }
                 ControlToEngine::Hello(_) => unreachable!("decode_peer refuses a second Hello"),
             },

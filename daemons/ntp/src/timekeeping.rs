@@ -356,7 +356,8 @@ impl Timekeeper {
             reference_time_unix_ns: now.0,
             offset_s: -system.offset_s,
             rms_offset_s: self.mean_square_offset.sqrt(),
-            frequency_ppm: self.discipline.frequency_ppm(),
+            // The correction speeds the clock up when positive: the clock itself is slow.
+            frequency_ppm: -self.discipline.frequency_ppm(),
             skew_ppm: self.discipline.skew_ppm(),
             root_delay_s: system.root_delay_s,
             root_dispersion_s: system.root_dispersion_s,
@@ -569,9 +570,16 @@ impl Timekeeper {
     }
 
     /// The adjuster authorised an operator step: the next estimate steps.
-    pub fn step_authorised(&mut self) -> String {
-        self.operator_step = true;
-        "the clock steps by the whole offset at the next estimate".into()
+    pub fn step_authorised(&mut self) -> Result<String, String> {
+        match self.clock.as_ref().map(|c| c.backend) {
+            Some(ClockBackendKind::None) => {
+                Err("the clock backend is none: strata measures and serves, it never steps".into())
+            }
+            _ => {
+                self.operator_step = true;
+                Ok("the clock steps by the whole offset at the next estimate".into())
+            }
+        }
     }
 
     /// Tell the serving threads what to answer.

@@ -443,10 +443,13 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), paths.len(), "a path appears twice in the manifest");
-        // The supervisor execs its children from its own directory: all five together.
+        // The supervisor execs its children from its own directory: all five
+        // together; the operators' client stratactl alone in /usr/bin.
         let bins: Vec<&File> = m.file.iter().filter(|f| f.source.starts_with("build:")).collect();
-        assert_eq!(bins.len(), 5);
-        assert!(bins.iter().all(|f| Path::new(&f.path).parent() == Some(Path::new("/usr/lib/strata"))));
+        let (appliance, clients): (Vec<&File>, Vec<&File>) =
+            bins.iter().partition(|f| Path::new(&f.path).parent() == Some(Path::new("/usr/lib/strata")));
+        assert_eq!(appliance.len(), 5);
+        assert_eq!(clients.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["/usr/bin/stratactl"]);
         parse_mode(&m.record.mode);
     }
 
