@@ -5,7 +5,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use strata_tests::appliance::Appliance;
-use strata_tests::{SockFeeder, TestNtpServer, free_udp_port, require_root, scratch_dir};
+use strata_tests::{SockFeeder, TestNtpServer, free_udp_port, require_root, scratch_dir, wait_for};
 
 /// (stratum, reference id) of strata's answer.
 fn ask(port: u16) -> Option<(u8, [u8; 4])> {
@@ -127,6 +127,28 @@ fn losing_the_feed_fails_over_to_ntp_and_back_without_a_step() {
     // Hysteresis: not before the returning feed has proven itself for 4 samples.
     assert!(resumed.elapsed() >= Duration::from_millis(700), "switched back after {:?}", resumed.elapsed());
     assert_eq!(appliance.status().clock_steps_used, 0, "a switch stepped the clock");
+
+    // Each switch is an event operators see: in the log, in the API, in the metrics.
+    let log = appliance.log();
+    assert!(log.contains("selected a new system peer") && log.contains(&format!("to={}", upstream.address)), "{log}");
+    let failovers = wait_for("both switches in the API", Duration::from_secs(5), || {
+        let out = std::process::Command::new(strata_tests::bin_dir().join("stratactl"))
+            .arg("--socket")
+            .arg(appliance.dir.join("run/control.sock"))
+            .args(["--json", "refclocks"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let list: Vec<(String, String)> = v["failovers"]
+            .as_array()?
+            .iter()
+            .map(|f| (f["from"].as_str().unwrap_or("").to_string(), f["to"].as_str().unwrap_or("").to_string()))
+            .collect();
+        let ntp = upstream.address.to_string();
+        let both = list.contains(&("GPS".into(), ntp.clone())) && list.contains(&(ntp, "GPS".into()));
+        both.then_some(list)
+    });
+    eprintln!("switches of the system peer: {failovers:?}");
 }
 
 /// An NTP SHM segment image (struct shmTime, 96 bytes on x86_64) as gpsd writes it:
