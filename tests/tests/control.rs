@@ -52,16 +52,26 @@ fn group(name: &str) -> u32 {
         .as_raw()
 }
 
-/// The reference id strata serves (big-endian), once it serves stratum 2.
-fn served_refid(port: u16) -> Option<[u8; 4]> {
+/// Strata's answer to one client request: (stratum, reference id).
+fn answer(port: u16) -> Option<(u8, [u8; 4])> {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let mut request = [0u8; 48];
     request[0] = 0x23;
     socket.send_to(&request, ("127.0.0.1", port)).ok()?;
     let mut reply = [0u8; 48];
     socket.recv(&mut reply).ok()?;
-    (reply[1] == 2).then(|| reply[12..16].try_into().unwrap())
+    Some((reply[1], reply[12..16].try_into().unwrap()))
+}
+
+/// The reference id strata serves, once it serves stratum 2.
+fn served_refid(port: u16) -> Option<[u8; 4]> {
+    answer(port).and_then(|(stratum, refid)| (stratum == 2).then_some(refid))
+}
+
+/// The stratum strata serves, if it answers.
+fn ask(port: u16) -> Option<u8> {
+    answer(port).map(|(stratum, _)| stratum)
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -231,17 +241,6 @@ fn roles_come_from_the_callers_groups_and_admin_calls_change_the_engine() {
     let log = appliance.log();
     assert!(log.contains(&format!("uid {nobody} gid {admin}")) && log.contains("admin call"), "{log}");
     assert!(log.contains("refused: the caller lacks the role"), "{log}");
-}
-
-fn ask(port: u16) -> Option<u8> {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let mut request = [0u8; 48];
-    request[0] = 0x23;
-    socket.send_to(&request, ("127.0.0.1", port)).ok()?;
-    let mut reply = [0u8; 48];
-    socket.recv(&mut reply).ok()?;
-    Some(reply[1])
 }
 
 #[test]

@@ -232,26 +232,12 @@ pub fn admin(r: &AdminReply) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_grpc::v1::{Leap, SourceKind, SourceState};
+    use strata_grpc::v1::{SourceKind, SourceState};
 
     #[test]
     fn tracking_keeps_chronyc_columns() {
-        let t = TrackingReply {
-            reference: "GPS".into(),
-            reference_id: "47505300".into(),
-            stratum: 1,
-            reference_time_unix_ns: 1_709_210_096_000_000_123,
-            offset_s: 0.000_001_234,
-            rms_offset_s: 0.000_000_456,
-            frequency_ppm: -1.5,
-            skew_ppm: 0.012,
-            root_delay_s: 0.0,
-            root_dispersion_s: 0.000_010,
-            leap: Leap::Normal as i32,
-            synchronised: true,
-            clock_backend: "system".into(),
-            steps_left: 1,
-        };
+        let t =
+            TrackingReply { reference_time_unix_ns: 1_709_210_096_000_000_123, ..crate::human::tests::gps_tracking() };
         assert_eq!(
             tracking(&t),
             "47505300,GPS,1,1709210096.000000123,-0.000001234,0.000001234,0.000000456,-1.500,,0.012,\

@@ -339,7 +339,7 @@ fn or_dash(s: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use strata_grpc::v1::{Client, Process};
 
