@@ -47,14 +47,36 @@ fn rules(policy: &SeccompPolicy) -> Vec<serde_json::Value> {
     json[policy.process]["filter"].as_array().unwrap().clone()
 }
 
-/// Arguments that satisfy every `eq` condition of a rule (the only operator strata uses).
+/// Arguments that satisfy every condition of a rule: `eq`, or `masked_eq` (the
+/// value itself has only bits inside the mask, so it satisfies it too).
 fn matching_args(rule: &serde_json::Value) -> [u64; 6] {
     let mut args = [0u64; 6];
     for cond in rule["args"].as_array().into_iter().flatten() {
-        assert_eq!(cond["op"], "eq", "extend the test for operator {}", cond["op"]);
-        args[cond["index"].as_u64().unwrap() as usize] = cond["val"].as_u64().unwrap();
+        let val = cond["val"].as_u64().unwrap();
+        match &cond["op"] {
+            serde_json::Value::String(op) if op == "eq" => {}
+            op if op["masked_eq"].is_u64() => assert_eq!(val & op["masked_eq"].as_u64().unwrap(), val),
+            op => panic!("extend the test for operator {op}"),
+        }
+        args[cond["index"].as_u64().unwrap() as usize] = val;
     }
     args
+}
+
+#[test]
+fn the_engine_creates_udp_sockets_only_and_the_control_plane_no_executable_memory() {
+    let nr = |p: &SeccompPolicy, name: &str| p.syscalls.iter().find(|(n, _)| *n == name).unwrap().1;
+    let socket = nr(&NTP, "socket");
+    let udp = 2 | 0o4000 | 0o2000000; // SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC
+    assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [2, udp, 0, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [10, udp, 0, 0, 0, 0]), RET_ALLOW);
+    // TCP (SOCK_STREAM), raw sockets, netlink: killed.
+    assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [2, 1 | 0o2000000, 0, 0, 0, 0]), RET_KILL_PROCESS);
+    assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [2, 3, 1, 0, 0, 0]), RET_KILL_PROCESS);
+    assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [16, udp, 0, 0, 0, 0]), RET_KILL_PROCESS);
+    let mprotect = nr(&CONTROL, "mprotect");
+    assert_eq!(run(CONTROL.program, AUDIT_ARCH, mprotect, [0, 4096, 3, 0, 0, 0]), RET_ALLOW);
+    assert_eq!(run(CONTROL.program, AUDIT_ARCH, mprotect, [0, 4096, 5, 0, 0, 0]), RET_KILL_PROCESS);
 }
 
 #[test]
