@@ -918,6 +918,39 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_engine_status_fits_one_frame() {
+        let name = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".to_string();
+        let source = SourceStatus {
+            name: name.clone(),
+            state: '*',
+            last_sample_age_s: Some(f64::MAX),
+            offset_s: f64::MAX,
+            jitter_s: f64::MAX,
+            delay_s: f64::MAX,
+            dispersion_s: f64::MAX,
+            samples: u32::MAX,
+            last_offset_s: f64::MAX,
+            root_delay_s: f64::MAX,
+            root_dispersion_s: f64::MAX,
+            reference_id: u32::MAX,
+            packets_sent: u64::MAX,
+            packets_received: u64::MAX,
+            kod_received: u64::MAX,
+            ..SourceStatus::default()
+        };
+        let failover = Failover { time_unix_ns: i64::MAX, from: name.clone(), to: name.clone() };
+        let status = EngineStatus {
+            tracking: TrackingStatus { reference: name, ..TrackingStatus::default() },
+            sources: vec![source; MAX_SOURCES],
+            failovers: vec![failover; MAX_FAILOVERS],
+            failovers_total: u64::MAX,
+            ..EngineStatus::default()
+        };
+        let bytes = frame(&EngineToControl::Status(Box::new(status)));
+        assert!(bytes.len() <= MAX_FRAME, "{} bytes", bytes.len());
+    }
+
+    #[test]
     fn a_frame_round_trips_and_bad_frames_are_refused() {
         let msg = EngineToAdjuster::Slew { offset_s: -0.25 };
         let f = frame(&msg);
