@@ -454,3 +454,25 @@ fn an_admins_makestep_steps_a_clock_the_discipline_would_only_slew() {
     });
     assert!(appliance.log().contains("makestep"), "the admin call is not in the log");
 }
+
+#[test]
+fn with_no_source_tracking_names_the_local_reference_the_server_hands_out() {
+    if !require_root("tracking of a local reference") {
+        return;
+    }
+    // The default test appliance: local stratum 1, no upstream, no refclock.
+    let appliance = Appliance::start("control-local", "");
+    let socket = socket_of(&appliance);
+    let tracking = wait_for("tracking", Duration::from_secs(10), || {
+        let (code, out, _) = stratactl(&socket, None, &["--json", "tracking"]);
+        (code == 0).then(|| json(&out))
+    });
+    assert_eq!(tracking["reference"], "LOCL", "{tracking}");
+    assert_eq!(tracking["stratum"], 1, "{tracking}");
+    assert_eq!(tracking["synchronised"], true, "{tracking}");
+    assert_eq!(answer(appliance.ntp_port), Some((1, *b"LOCL")));
+    // A caller outside both groups is told what it lacks, once.
+    let (code, _, err) = stratactl(&socket, Some((65534, 65534)), &["tracking"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.matches("needs the read role").count(), 1, "{err}");
+}

@@ -491,7 +491,22 @@ impl Timekeeper {
             });
         }
         sources.truncate(MAX_SOURCES);
-        (self.tracking.clone(), sources, self.failovers.iter().cloned().collect(), self.failovers_total)
+        // No source selected but `local stratum`: the appliance serves its own
+        // clock as a reference (chrony's `local`), and says so.
+        let tracking = match self.local_stratum {
+            Some(stratum) if !self.tracking.synchronised => TrackingStatus {
+                reference: "LOCL".into(),
+                reference_id: ReferenceId::LOCL.to_bits(),
+                stratum: stratum.clamp(1, 15),
+                reference_time_unix_ns: now.0,
+                frequency_ppm: -self.discipline.frequency_ppm(),
+                skew_ppm: self.discipline.skew_ppm(),
+                synchronised: true,
+                ..TrackingStatus::default()
+            },
+            _ => self.tracking.clone(),
+        };
+        (tracking, sources, self.failovers.iter().cloned().collect(), self.failovers_total)
     }
 
     /// `stratactl add server`: a new upstream, polled from now on.

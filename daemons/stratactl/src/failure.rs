@@ -71,6 +71,10 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Unreachable { place, detail } => write!(f, "cannot reach strata at {place}: {detail}"),
+            // strata's own refusals already say which role the call needs.
+            Failure::PermissionDenied { message, .. } if message.contains("needs the") => {
+                write!(f, "permission denied: {message}")
+            }
             Failure::PermissionDenied { message, hint } => write!(f, "permission denied: {message} ({hint})"),
             Failure::Status(status) => write!(f, "{}", status_message(status)),
             Failure::NoSuchSource(address) => write!(f, "no source {address}"),
@@ -114,6 +118,19 @@ mod tests {
             f.to_string(),
             "permission denied: uid 1000 is not in group strata-admin \
              (makestep needs the admin role: a member of the admin group)"
+        );
+    }
+
+    #[test]
+    fn a_refusal_that_names_the_role_is_not_repeated() {
+        let f = Failure::from_status(
+            tonic::Status::permission_denied("makestep needs the admin role: uid 1000 gid 1000 (pid 7) is not root"),
+            "/run/strata/control.sock",
+            "makestep needs the admin role: a member of the admin group".into(),
+        );
+        assert_eq!(
+            f.to_string(),
+            "permission denied: makestep needs the admin role: uid 1000 gid 1000 (pid 7) is not root"
         );
     }
 
