@@ -35,6 +35,14 @@ fn four_children_under_four_users_with_only_the_adjuster_holding_a_capability() 
         if role == "ntp" {
             assert!(tasks.len() >= 2, "the engine serves from threads of its own");
         }
+        if role == "control" {
+            // The API thread parses operators' HTTP/2 and TLS: it must be sandboxed too.
+            let names: Vec<String> = tasks
+                .iter()
+                .map(|t| std::fs::read_to_string(t.path().join("comm")).unwrap().trim().to_string())
+                .collect();
+            assert!(names.iter().any(|n| n == "api"), "no API thread in the control plane: {names:?}");
+        }
         for task in tasks {
             let status = std::fs::read_to_string(task.path().join("status")).unwrap();
             let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_string();
