@@ -117,3 +117,24 @@ fn a_phc_backend_on_a_device_that_is_no_ptp_clock_is_named_as_such() {
     assert!(err.contains("not a PTP hardware clock"), "{err}");
     assert!(err.contains("the NTP engine cannot be kept running"), "{err}");
 }
+
+#[test]
+fn a_pps_refclock_that_is_no_pps_device_stops_the_start_and_says_so() {
+    // /dev/null answers no PPS ioctl: the supervisor finds out when it sets the
+    // capture mode, before any process starts.
+    let dir = scratch_dir("pps-null");
+    let config = dir.join("strata.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[supervisor]\nruntime-dir = {:?}\n\n[clock]\nbackend = \"none\"\n\n[server]\nlisten = [\"127.0.0.1:0\"]\n\n\
+             [[refclock]]\ndriver = \"pps:/dev/null\"\n",
+            dir.join("run").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = strata(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("refclock /dev/null: not a PPS device"), "{err}");
+    assert!(!err.contains("spawned"), "{err}");
+}

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use strata_config::{Refclock, RefclockDriver};
 use strata_proto::ipc::{PpsDriverSettings, PpsLock, RefclockDriverSettings, RefclockSourceSettings, Resource};
+use strata_sys::ptp::{Pps, PpsEdge};
+use tracing::{info, warn};
 
 /// Bind or open each refclock's device: `(resource, descriptor)` for the reader.
 /// SHM needs nothing: the reader attaches gpsd's segment itself, before its sandbox.
@@ -31,6 +33,24 @@ pub fn open(refclocks: &[Refclock]) -> Result<Vec<(Resource, OwnedFd)>, (PathBuf
             // reader does not have: read-only is all it can use.
             RefclockDriver::Pps(path) => {
                 let device = std::fs::File::open(path).map_err(|e| (path.clone(), e))?;
+                // The reader cannot change the capture mode; we still can (root,
+                // before our capabilities are trimmed): make sure the edge it reads
+                // is timestamped.
+                let edge = if r.clear_edge() { PpsEdge::Clear } else { PpsEdge::Assert };
+                match strata_sys::ptp::enable_capture(&Pps(&device), edge) {
+                    Ok(true) => info!(device = %path.display(), ?edge, "PPS capture enabled"),
+                    Ok(false) => {}
+                    // Development mode (no CAP_SYS_TIME): the device's own mode stands.
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        warn!(device = %path.display(), ?edge, "cannot set the PPS capture mode without CAP_SYS_TIME: {e}")
+                    }
+                    // ENOTTY: the kernel knows no PPS ioctl on this file.
+                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOTTY as i32) => {
+                        let why = format!("not a PPS device (PPS_GETCAP: {e})");
+                        return Err((path.clone(), std::io::Error::new(e.kind(), why)));
+                    }
+                    Err(e) => return Err((path.clone(), e)),
+                }
                 resources.push((Resource::PpsRefclock { refclock }, OwnedFd::from(device)));
             }
             RefclockDriver::Shm(_) => {}

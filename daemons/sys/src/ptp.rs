@@ -52,7 +52,7 @@ pub struct PtpSysOffsetPrecise {
 
 /// linux/pps.h struct pps_ktime.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PpsKtime {
     pub sec: i64,
     pub nsec: i32,
@@ -78,6 +78,20 @@ pub struct PpsFdata {
     pub timeout: PpsKtime,
 }
 
+/// linux/pps.h struct pps_kparams: a PPS source's capture mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PpsKparams {
+    pub api_version: i32,
+    pub mode: i32,
+    pub assert_off_tu: PpsKtime,
+    pub clear_off_tu: PpsKtime,
+}
+
+/// linux/pps.h mode bits: capture the assert / clear edge.
+pub const PPS_CAPTUREASSERT: i32 = 0x01;
+pub const PPS_CAPTURECLEAR: i32 = 0x02;
+
 /// asm-generic/ioctl.h _IOC.
 const fn ioc(dir: u32, kind: u8, nr: u8, size: usize) -> u64 {
     ((dir as u64) << 30) | ((size as u64) << 16) | ((kind as u64) << 8) | nr as u64
@@ -91,6 +105,12 @@ pub const PTP_SYS_OFFSET_PRECISE: u64 = ioc(IOC_READ | IOC_WRITE, PTP_CLK_MAGIC,
 pub const PTP_SYS_OFFSET_EXTENDED: u64 = ioc(IOC_READ | IOC_WRITE, PTP_CLK_MAGIC, 9, size_of::<PtpSysOffsetExtended>());
 /// PPS_FETCH = _IOWR('p', 0xa4, struct pps_fdata *): the size is a pointer's.
 pub const PPS_FETCH: u64 = ioc(IOC_READ | IOC_WRITE, b'p', 0xa4, size_of::<*mut PpsFdata>());
+/// PPS_GETPARAMS = _IOR('p', 0xa1, struct pps_kparams *).
+pub const PPS_GETPARAMS: u64 = ioc(IOC_READ, b'p', 0xa1, size_of::<*mut PpsKparams>());
+/// PPS_SETPARAMS = _IOW('p', 0xa2, struct pps_kparams *): needs CAP_SYS_TIME.
+pub const PPS_SETPARAMS: u64 = ioc(IOC_WRITE, b'p', 0xa2, size_of::<*mut PpsKparams>());
+/// PPS_GETCAP = _IOR('p', 0xa3, int *): the modes the device supports.
+pub const PPS_GETCAP: u64 = ioc(IOC_READ, b'p', 0xa3, size_of::<*mut i32>());
 
 use std::mem::size_of;
 
@@ -256,6 +276,38 @@ impl PulseReader {
     }
 }
 
+/// Setting up a PPS source's capture mode: done once by the supervisor, which
+/// still holds CAP_SYS_TIME when it opens the device (the reader never could).
+pub trait PpsControl {
+    /// PPS_GETCAP: the mode bits the device supports.
+    fn capabilities(&self) -> io::Result<i32>;
+    fn params(&self) -> io::Result<PpsKparams>;
+    fn set_params(&self, params: &PpsKparams) -> io::Result<()>;
+}
+
+/// Make sure the device timestamps `edge` (chrony's PPS driver does the same at
+/// start: many drivers capture only the assert edge by default). Returns whether
+/// the mode had to change; an edge the device cannot capture is an error.
+pub fn enable_capture(device: &impl PpsControl, edge: PpsEdge) -> io::Result<bool> {
+    let bit = match edge {
+        PpsEdge::Assert => PPS_CAPTUREASSERT,
+        PpsEdge::Clear => PPS_CAPTURECLEAR,
+    };
+    if device.capabilities()? & bit == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("the device cannot timestamp the {edge:?} edge (PPS_GETCAP)").to_lowercase(),
+        ));
+    }
+    let mut params = device.params()?;
+    if params.mode & bit != 0 {
+        return Ok(false);
+    }
+    params.mode |= bit;
+    device.set_params(&params)?;
+    Ok(true)
+}
+
 /// A PPS device descriptor (`/dev/ppsN`, opened by the supervisor).
 pub struct Pps<F: AsFd>(pub F);
 
@@ -269,6 +321,35 @@ impl<F: AsFd> PpsDevice for Pps<F> {
         let rc =
             unsafe { libc::ioctl(self.0.as_fd().as_raw_fd(), PPS_FETCH as libc::Ioctl, &mut fdata as *mut PpsFdata) };
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(fdata.info) }
+    }
+}
+
+impl<F: AsFd> PpsControl for Pps<F> {
+    fn capabilities(&self) -> io::Result<i32> {
+        let mut mode: i32 = 0;
+        // SAFETY: PPS_GETCAP writes one int through the pointer, which points at
+        // `mode`, a live and exclusively borrowed i32.
+        let rc = unsafe { libc::ioctl(self.0.as_fd().as_raw_fd(), PPS_GETCAP as libc::Ioctl, &mut mode as *mut i32) };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(mode) }
+    }
+
+    fn params(&self) -> io::Result<PpsKparams> {
+        let mut params = PpsKparams::default();
+        // SAFETY: PPS_GETPARAMS writes one `struct pps_kparams` (layout checked
+        // against the uapi headers) through the pointer to `params`.
+        let rc = unsafe {
+            libc::ioctl(self.0.as_fd().as_raw_fd(), PPS_GETPARAMS as libc::Ioctl, &mut params as *mut PpsKparams)
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(params) }
+    }
+
+    fn set_params(&self, params: &PpsKparams) -> io::Result<()> {
+        // SAFETY: PPS_SETPARAMS only reads one `struct pps_kparams` through the
+        // pointer, which points at `params` for the duration of the call.
+        let rc = unsafe {
+            libc::ioctl(self.0.as_fd().as_raw_fd(), PPS_SETPARAMS as libc::Ioctl, params as *const PpsKparams)
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 }
 
@@ -297,6 +378,9 @@ int main(void) {
          offsetof(struct pps_kinfo, clear_sequence), offsetof(struct pps_kinfo, assert_tu),
          offsetof(struct pps_kinfo, clear_tu), offsetof(struct pps_kinfo, current_mode),
          offsetof(struct pps_fdata, timeout), PPS_TIME_INVALID);
+  printf("%zu %zu %zu %lu %lu %lu %d %d\n", sizeof(struct pps_kparams), offsetof(struct pps_kparams, mode),
+         offsetof(struct pps_kparams, clear_off_tu), (unsigned long)PPS_GETPARAMS, (unsigned long)PPS_SETPARAMS,
+         (unsigned long)PPS_GETCAP, PPS_CAPTUREASSERT, PPS_CAPTURECLEAR);
   return 0;
 }
 "#,
@@ -325,7 +409,20 @@ int main(void) {
         );
         assert_eq!(h[5..9], [PTP_SYS_OFFSET, PTP_SYS_OFFSET_PRECISE, PTP_SYS_OFFSET_EXTENDED, PPS_FETCH]);
         assert_eq!(
-            h[9..],
+            h[17..],
+            [
+                size_of::<PpsKparams>() as u64,
+                std::mem::offset_of!(PpsKparams, mode) as u64,
+                std::mem::offset_of!(PpsKparams, clear_off_tu) as u64,
+                PPS_GETPARAMS,
+                PPS_SETPARAMS,
+                PPS_GETCAP,
+                PPS_CAPTUREASSERT as u64,
+                PPS_CAPTURECLEAR as u64,
+            ]
+        );
+        assert_eq!(
+            h[9..17],
             [
                 size_of::<PpsKtime>() as u64,
                 size_of::<PpsKinfo>() as u64,
@@ -388,6 +485,55 @@ int main(void) {
             assert!(policy.contains(&format!("\"val\": {request}")), "{request} missing from the refclock policy");
         }
         assert_eq!(policy.matches("\"syscall\": \"ioctl\"").count(), 4);
+    }
+
+    /// A PPS source's capture mode behind the ioctl interface.
+    struct FakeModes {
+        capabilities: i32,
+        params: std::cell::Cell<PpsKparams>,
+        set: std::cell::Cell<u32>,
+    }
+
+    impl PpsControl for FakeModes {
+        fn capabilities(&self) -> io::Result<i32> {
+            Ok(self.capabilities)
+        }
+        fn params(&self) -> io::Result<PpsKparams> {
+            Ok(self.params.get())
+        }
+        fn set_params(&self, params: &PpsKparams) -> io::Result<()> {
+            self.set.set(self.set.get() + 1);
+            self.params.set(*params);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_configured_edge_is_captured_and_nothing_else_changes() {
+        const OFFSETASSERT: i32 = 0x10;
+        let modes = |capabilities, mode| FakeModes {
+            capabilities,
+            params: std::cell::Cell::new(PpsKparams { api_version: 1, mode, ..PpsKparams::default() }),
+            set: std::cell::Cell::new(0),
+        };
+        // Assert already captured: left alone.
+        let device = modes(PPS_CAPTUREASSERT | PPS_CAPTURECLEAR, PPS_CAPTUREASSERT | OFFSETASSERT);
+        assert!(!enable_capture(&device, PpsEdge::Assert).unwrap());
+        assert_eq!(device.set.get(), 0);
+        // Clear wanted: added, the other bits kept.
+        assert!(enable_capture(&device, PpsEdge::Clear).unwrap());
+        assert_eq!(device.params.get().mode, PPS_CAPTUREASSERT | PPS_CAPTURECLEAR | OFFSETASSERT);
+        // A device that cannot capture the clear edge: a clear error, no change.
+        let assert_only = modes(PPS_CAPTUREASSERT, PPS_CAPTUREASSERT);
+        let e = enable_capture(&assert_only, PpsEdge::Clear).unwrap_err();
+        assert!(e.to_string().contains("cannot timestamp the clear edge"), "{e}");
+        assert_eq!(assert_only.set.get(), 0);
+    }
+
+    #[test]
+    fn a_file_that_is_no_pps_device_is_refused_by_the_kernel() {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert!(enable_capture(&Pps(&null), PpsEdge::Assert).is_err());
     }
 
     /// A PPS source behind PPS_FETCH: the kernel's `pps_kinfo` as the test sets it.
