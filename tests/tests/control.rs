@@ -113,6 +113,24 @@ fn reflection_lists_the_services_and_stratactl_agrees_with_the_engine() {
     for name in ["strata.v1.Monitor", "strata.v1.Admin", "grpc.health.v1.Health"] {
         assert!(services.iter().any(|s| s == name), "{name} not listed: {services:?}");
     }
+    // The older reflection protocol, which older grpcurl versions speak, knows them too.
+    let described = rt.block_on(async {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut client = ServerReflectionClient::new(unix_channel(&socket).await.unwrap());
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol("strata.v1.Admin".into())),
+        };
+        let mut replies = client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+        match replies.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::FileDescriptorResponse(files)) => files.file_descriptor_proto.len(),
+            other => panic!("no descriptor for strata.v1.Admin: {other:?}"),
+        }
+    });
+    assert!(described >= 1);
     let health = rt.block_on(async {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
         let mut client = HealthClient::new(unix_channel(&socket).await.unwrap());

@@ -129,15 +129,19 @@ async fn router(api: Api, builder: tonic::transport::Server) -> Result<Services,
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<MonitorServer<Api>>().await;
     reporter.set_serving::<AdminServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(strata_grpc::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(strata_grpc::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection().build_v1().map_err(|e| format!("reflection: {e}"))?;
+    // Older grpcurl and grpc_cli ask only the v1alpha service.
+    let v1alpha = reflection().build_v1alpha().map_err(|e| format!("reflection: {e}"))?;
     let mut builder = builder;
     Ok(builder
         .add_service(health)
-        .add_service(reflection)
+        .add_service(v1)
+        .add_service(v1alpha)
         .add_service(MonitorServer::new(api.clone()))
         .add_service(AdminServer::new(api)))
 }
