@@ -31,6 +31,10 @@ use crate::view::{Command, CommandKind, Commands, Shared, View};
 /// stream and the metrics are at most this old.
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// Every this many refreshes, the busiest clients too: the engine walks its whole
+/// client log for them, under the locks its serving threads take per request.
+const CLIENTS_EVERY: u32 = 5;
+
 fn main() -> ExitCode {
     child::run::<ControlPlane>()
 }
@@ -48,14 +52,17 @@ struct ControlPlane {
     step_pending: VecDeque<Reply>,
     linked: Vec<Role>,
     next_refresh: Instant,
+    refreshes: u32,
 }
 
 impl ControlPlane {
-    fn ask(peer: Role, out: &mut Outbox) {
+    fn ask(peer: Role, clients: bool, out: &mut Outbox) {
         match peer {
             Role::Ntp => {
                 out.send(&ControlToEngine::ReadStatus);
-                out.send(&ControlToEngine::ReadClients);
+                if clients {
+                    out.send(&ControlToEngine::ReadClients);
+                }
             }
             Role::Adjust => out.send(&ControlToAdjuster::ReadStatus),
             Role::Refclock => out.send(&ControlToRefclock::ReadStatus),
@@ -168,6 +175,7 @@ impl Service for ControlPlane {
             step_pending: VecDeque::new(),
             linked: Vec::new(),
             next_refresh: Instant::now() + REFRESH,
+            refreshes: 0,
         })
     }
 
@@ -188,7 +196,7 @@ impl Service for ControlPlane {
         if !self.linked.contains(&peer) {
             self.linked.push(peer);
         }
-        Self::ask(peer, out);
+        Self::ask(peer, true, out);
     }
 
     fn on_processes(&mut self, processes: Vec<ProcessStatus>) {
@@ -229,8 +237,10 @@ impl Service for ControlPlane {
 
     fn on_wakeup(&mut self, now: Instant, out: &mut Outbox) {
         self.next_refresh = now + REFRESH;
+        self.refreshes = self.refreshes.wrapping_add(1);
+        let clients = self.refreshes.is_multiple_of(CLIENTS_EVERY);
         for peer in Role::Control.peers() {
-            Self::ask(peer, out);
+            Self::ask(peer, clients, out);
         }
     }
 }

@@ -815,7 +815,7 @@ mod tests {
 
     /// The acceptance check: `promtool check metrics` (Debian package
     /// `prometheus`) passes, lint included. With CI=true a missing promtool
-    /// fails the test instead of skipping it.
+    /// fails the test.
     #[test]
     fn promtool_check_metrics_passes() {
         use std::io::Write as _;

@@ -531,15 +531,8 @@ impl Timekeeper {
             max_delay_s: 3.0,
             version: 4,
         };
-        let options = ServerOptions {
-            minpoll,
-            maxpoll,
-            iburst: add.iburst,
-            select: SelectOptions::default(),
-            max_delay_s: 3.0,
-            version: 4,
-        };
-        options.validate().map_err(|e| format!("{e:?}"))?;
+        // Configured upstreams were checked with the file; an operator's is checked here.
+        server_options(&settings).validate().map_err(|e| format!("{e:?}"))?;
         self.random = xorshift(self.random);
         let mut upstream = Upstream::new(SourceId(self.next_id), &settings, local_now(&self.shared), self.random)?;
         upstream.added = true;
@@ -637,15 +630,8 @@ impl Upstream {
         setsockopt(&fd, sockopt::ReceiveTimestampns, &true).map_err(fail)?;
         connect(fd.as_raw_fd(), &SockaddrStorage::from(u.address)).map_err(fail)?;
         let socket = UdpSocket::from(fd);
-        let select = SelectOptions { prefer: u.prefer, noselect: u.noselect, trust: u.trust, require: u.require };
-        let options = ServerOptions {
-            minpoll: u.minpoll,
-            maxpoll: u.maxpoll,
-            iburst: u.iburst,
-            select,
-            max_delay_s: u.max_delay_s,
-            version: u.version,
-        };
+        let options = server_options(u);
+        let select = options.select;
         let source = NtpSource::new(id, options, now, random);
         let filter = ClockFilter::new(FilterConfig { max_delay_s: u.max_delay_s, ..FilterConfig::default() });
         Ok(Upstream {
@@ -661,9 +647,21 @@ impl Upstream {
     }
 }
 
-/// A refid as text: "GPS\0" → "GPS".
+fn server_options(u: &UpstreamSettings) -> ServerOptions {
+    ServerOptions {
+        minpoll: u.minpoll,
+        maxpoll: u.maxpoll,
+        iburst: u.iburst,
+        select: SelectOptions { prefer: u.prefer, noselect: u.noselect, trust: u.trust, require: u.require },
+        max_delay_s: u.max_delay_s,
+        version: u.version,
+    }
+}
+
+/// A refid as text: "GPS\0" → "GPS"; one that is not printable in hex.
 fn refid_name(refid: [u8; 4]) -> String {
-    String::from_utf8_lossy(&refid).trim_end_matches('\0').to_string()
+    let id = ReferenceId::from_bytes(refid);
+    id.ascii().map_or_else(|| format!("{:08X}", id.to_bits()), str::to_string)
 }
 
 /// Whether the appliance serves a synchronised time (a selected source or a local

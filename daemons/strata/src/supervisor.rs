@@ -113,7 +113,10 @@ struct Supervisor {
     config: Config,
     bin_dir: PathBuf,
     slots: Vec<Slot>,
-    resources: Vec<(Resource, OwnedFd)>,
+    /// What each child gets at every (re-)spawn, opened or bound once here: the
+    /// engine's NTP sockets, the reader's SOCK sockets and devices, the control
+    /// plane's listeners and TLS files.
+    resources: BTreeMap<Role, Vec<(Resource, OwnedFd)>>,
     alarms: Vec<String>,
     development: bool,
     stopping: bool,
@@ -128,10 +131,6 @@ struct Supervisor {
     upstreams: Vec<(strata_config::Upstream, std::net::SocketAddr)>,
     notifier: crate::notify::Notifier,
     logs: Option<crate::logs::Logs>,
-    /// SOCK refclocks' datagram sockets, bound here so gpsd can write to them.
-    refclock_sockets: Vec<(Resource, OwnedFd)>,
-    /// The control plane's listeners and TLS files.
-    control_resources: Vec<(Resource, OwnedFd)>,
     /// The gids of `[control] read-group` and `admin-group` (absent groups: nobody).
     control_gids: (Option<u32>, Option<u32>),
 }
@@ -260,7 +259,11 @@ impl Supervisor {
                 config,
                 bin_dir,
                 slots,
-                resources,
+                resources: BTreeMap::from([
+                    (Role::Ntp, resources),
+                    (Role::Refclock, refclock_sockets),
+                    (Role::Control, control_resources),
+                ]),
                 alarms: Vec::new(),
                 development,
                 stopping: false,
@@ -272,8 +275,6 @@ impl Supervisor {
                 upstreams,
                 notifier,
                 logs,
-                refclock_sockets,
-                control_resources,
                 control_gids,
             },
             signals,
@@ -560,20 +561,8 @@ impl Supervisor {
             settings: self.settings(slot.role),
         };
         channel.send(&SupervisorToChild::Start(start), None)?;
-        if slot.role == Role::Refclock {
-            for (resource, fd) in &self.refclock_sockets {
-                channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
-            }
-        }
-        if slot.role == Role::Control {
-            for (resource, fd) in &self.control_resources {
-                channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
-            }
-        }
-        if slot.role == Role::Ntp {
-            for (resource, fd) in &self.resources {
-                channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
-            }
+        for (resource, fd) in self.resources.get(&slot.role).into_iter().flatten() {
+            channel.send(&SupervisorToChild::Resource(resource.clone()), Some(fd.as_fd()))?;
         }
         if let Some((read_write, read_only)) = &self.phc {
             let fd = match slot.role {

@@ -84,7 +84,7 @@ impl fmt::Display for Failure {
     }
 }
 
-/// An error with its causes, "a: b: c", skipping a cause that only repeats
+/// An error with its causes, "a: b: c", leaving out a cause that only repeats
 /// its parent (tonic's transport errors nest the same words).
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();

@@ -68,7 +68,7 @@ pub fn utc_date(unix_ns: i64) -> String {
     let secs = unix_ns.div_euclid(1_000_000_000);
     let days = secs.div_euclid(86400);
     let of_day = secs.rem_euclid(86400);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = strata_proto::calendar::civil_from_days(days);
     const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     format!(
@@ -86,21 +86,6 @@ pub fn utc_date(unix_ns: i64) -> String {
 /// A Unix time in nanoseconds as chronyc -c writes a timestamp: `1700000000.000000123`.
 pub fn unix_seconds(unix_ns: i64) -> String {
     format!("{}.{:09}", unix_ns.div_euclid(1_000_000_000), unix_ns.rem_euclid(1_000_000_000))
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A source name as chronyc shows it: the port only when it is not NTP's 123,

@@ -619,16 +619,9 @@ fn is_leap_second_day(time: LocalTime) -> bool {
     matches!((month, day), (6, 30) | (12, 31))
 }
 
-/// Month and day of the days since 1970-01-01 (proleptic Gregorian calendar; H.
-/// Hinnant's `civil_from_days`).
+/// Month and day of the days since 1970-01-01.
 fn month_day(days: i64) -> (i64, i64) {
-    let z = days + 719_468;
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let (_, month, day) = strata_proto::calendar::civil_from_days(days);
     (month, day)
 }
 
