@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 mod clientlog;
-mod refclock;
 mod server;
 mod timekeeping;
 mod workers;
@@ -23,7 +22,7 @@ use strata_proto::ipc::{
 use tracing::{info, warn};
 
 use crate::server::ServerState;
-use crate::timekeeping::Timekeeper;
+use crate::timekeeping::Timekeeping;
 use crate::workers::{Shared, TimeSource};
 
 fn main() -> ExitCode {
@@ -33,7 +32,7 @@ fn main() -> ExitCode {
 struct Engine {
     /// State shared with the serving threads.
     shared: Arc<Shared>,
-    timekeeper: Timekeeper,
+    timekeeper: Timekeeping,
     status: EngineStatus,
 }
 
@@ -68,7 +67,7 @@ impl Service for Engine {
                 .map_err(|e| format!("{local}: serving thread: {e}"))?;
             info!(%local, thread, "serving NTP");
         }
-        let timekeeper = Timekeeper::new(&settings, Arc::clone(&shared))?;
+        let timekeeper = Timekeeping::new(&settings, Arc::clone(&shared))?;
         Ok(Engine { shared, timekeeper, status: EngineStatus::default() })
     }
 
@@ -156,7 +155,7 @@ impl Service for Engine {
         self.timekeeper.next_wakeup()
     }
 
-    fn on_wakeup(&mut self, _now: std::time::Instant, _out: &mut Outbox) {
-        self.timekeeper.poll_due();
+    fn on_wakeup(&mut self, _now: std::time::Instant, out: &mut Outbox) {
+        self.timekeeper.poll_due(out);
     }
 }

@@ -15,7 +15,9 @@ pub mod discipline;
 pub mod filter;
 pub mod refclock;
 pub mod selection;
+pub mod serving;
 pub mod source;
+pub mod timekeeper;
 
 /// A reading of the local (disciplined) clock: ns since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +32,24 @@ impl LocalTime {
     /// `self` moved by `seconds`.
     pub fn add_seconds(self, seconds: f64) -> LocalTime {
         LocalTime(self.0 + (seconds * 1e9).round() as i64)
+    }
+}
+
+/// A reading of a monotonic clock (the driver's `CLOCK_MONOTONIC`, the simulator's
+/// true time): ns from an arbitrary origin. Timeouts and ages are measured on it, so
+/// that a step of the disciplined clock cannot stretch or shorten them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Monotonic(pub i64);
+
+impl Monotonic {
+    /// Seconds from `earlier` to `self`.
+    pub fn seconds_since(self, earlier: Monotonic) -> f64 {
+        (self.0 - earlier.0) as f64 * 1e-9
+    }
+
+    /// `self` moved by `seconds`.
+    pub fn add_seconds(self, seconds: f64) -> Monotonic {
+        Monotonic(self.0 + (seconds * 1e9).round() as i64)
     }
 }
 

@@ -20,7 +20,10 @@
 
 use std::collections::VecDeque;
 
-use crate::LocalTime;
+use strata_proto::ipc::RefclockSourceSettings;
+
+use crate::filter::{ClockFilter, FilterConfig};
+use crate::{Leap, LocalTime, Monotonic, Sample};
 
 /// chrony's default refclock `filter` length.
 pub const DEFAULT_FILTER_LENGTH: usize = 64;
@@ -164,6 +167,139 @@ fn select(samples: Vec<RawSample>) -> Vec<RawSample> {
         }
     }
     good.drain(from..=to).collect()
+}
+
+/// Samples a refclock must deliver after a silence before it is selectable again,
+/// so that a flapping feed does not switch the appliance back and forth.
+pub const RETURN_SAMPLES: u32 = 4;
+
+/// A refclock is unreachable after this long without a filtered sample, or two of
+/// its polls if that is longer (selection then fails over to the NTP sources).
+pub const MIN_SILENCE_S: f64 = 8.0;
+
+/// A reference clock as a source: its raw samples go through the median filter, one
+/// filtered sample per poll goes to its clock filter, and its reachability has a
+/// silence limit and a return hysteresis.
+///
+/// The poll is driven by the samples themselves: the first sample at or after the
+/// poll time closes the poll. A feed that stops therefore produces no more polls;
+/// the silence limit makes it unreachable.
+#[derive(Clone, Debug)]
+pub struct RefclockSource {
+    pub settings: RefclockSourceSettings,
+    /// The filtered samples, as for an NTP source.
+    pub filter: ClockFilter,
+    median: MedianFilter,
+    poll_interval_s: f64,
+    next_poll: Option<Monotonic>,
+    /// The newest raw sample.
+    last_sample: Option<Monotonic>,
+    /// The newest filtered sample that reached `filter`.
+    last_update: Option<Monotonic>,
+    /// Raw samples since the refclock last fell silent.
+    samples_since_silence: u32,
+}
+
+/// What one raw sample did to a [`RefclockSource`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RefclockEvent {
+    /// Collected for the next poll.
+    Collected,
+    /// The first sample after a silence: the filters started empty.
+    Back,
+    /// It closed a poll and the clock filter has a new sample.
+    Filtered,
+    /// It closed a poll that gave no filtered sample.
+    NoSample(PollOutcome),
+}
+
+impl RefclockSource {
+    pub fn new(settings: RefclockSourceSettings) -> RefclockSource {
+        RefclockSource {
+            filter: ClockFilter::new(FilterConfig::default()),
+            median: MedianFilter::new(usize::from(settings.filter_length), settings.max_dispersion_s),
+            poll_interval_s: 2f64.powi(i32::from(settings.poll)),
+            next_poll: None,
+            last_sample: None,
+            last_update: None,
+            samples_since_silence: 0,
+            settings,
+        }
+    }
+
+    fn silence_s(&self) -> f64 {
+        MIN_SILENCE_S.max(2.0 * self.poll_interval_s)
+    }
+
+    /// A raw sample (offset already against the disciplined clock, configured offset
+    /// included), received at `now`.
+    pub fn on_sample(&mut self, raw: RawSample, now: Monotonic) -> RefclockEvent {
+        let mut event = RefclockEvent::Collected;
+        if self.last_sample.is_none_or(|t| now.seconds_since(t) >= self.silence_s()) {
+            if self.last_sample.is_some() {
+                event = RefclockEvent::Back;
+            }
+            self.samples_since_silence = 0;
+            // Samples from before the silence say nothing about now.
+            self.filter.clear();
+            self.median.clear();
+            self.next_poll = Some(now.add_seconds(self.poll_interval_s));
+        }
+        self.median.add(raw);
+        self.samples_since_silence += 1;
+        self.last_sample = Some(now);
+        let Some(next_poll) = self.next_poll.filter(|at| now >= *at) else { return event };
+        let after = next_poll.add_seconds(self.poll_interval_s);
+        self.next_poll = Some(if after <= now { now.add_seconds(self.poll_interval_s) } else { after });
+        match self.median.poll() {
+            PollOutcome::Sample { sample, .. } => {
+                self.filter.add(Sample {
+                    time: sample.time,
+                    offset_s: sample.offset_s,
+                    delay_s: self.settings.delay_s,
+                    dispersion_s: self.settings.precision_s + sample.dispersion_s,
+                    root_delay_s: 0.0,
+                    root_dispersion_s: 0.0,
+                    stratum: self.settings.stratum,
+                    leap: Leap::None,
+                });
+                self.last_update = Some(now);
+                RefclockEvent::Filtered
+            }
+            other => RefclockEvent::NoSample(other),
+        }
+    }
+
+    /// Seconds since the newest raw sample; `None` before the first.
+    pub fn last_sample_age_s(&self, now: Monotonic) -> Option<f64> {
+        self.last_sample.map(|t| now.seconds_since(t))
+    }
+
+    /// A reach register for operators: one bit per raw sample since the feed last
+    /// fell silent, up to eight (chronyc shows 377 for a healthy refclock).
+    pub fn reach(&self, now: Monotonic) -> u8 {
+        if self.reachable(now) || self.last_sample.is_some_and(|t| now.seconds_since(t) < self.silence_s()) {
+            (0xffu16 >> (8 - self.samples_since_silence.min(8))) as u8
+        } else {
+            0
+        }
+    }
+
+    pub fn poll_log2(&self) -> i8 {
+        self.settings.poll
+    }
+
+    /// Selectable: a filtered sample recently, and the feed back for long enough.
+    pub fn reachable(&self, now: Monotonic) -> bool {
+        self.last_update.is_some_and(|t| now.seconds_since(t) < self.silence_s())
+            && self.samples_since_silence >= RETURN_SAMPLES
+    }
+
+    /// The disciplined clock was stepped by `step_s`: stored samples move with it.
+    pub fn apply_step(&mut self, step_s: f64) {
+        self.filter.apply_step(step_s);
+        self.median.clear();
+    }
 }
 
 #[cfg(test)]
@@ -323,5 +459,64 @@ mod tests {
                 PollOutcome::DispersionTooLarge(_) => prop_assert!(false, "no limit was set"),
             }
         }
+    }
+
+    fn source_settings(poll: i8, filter_length: u16) -> RefclockSourceSettings {
+        RefclockSourceSettings {
+            refid: *b"GPS\0",
+            offset_s: 0.0,
+            delay_s: 1e-9,
+            precision_s: 1e-6,
+            stratum: 0,
+            prefer: false,
+            noselect: false,
+            trust: false,
+            require: false,
+            poll,
+            filter_length,
+            max_dispersion_s: None,
+            pulse_unlocked: false,
+        }
+    }
+
+    #[test]
+    fn one_filtered_sample_per_poll_and_glitches_are_filtered_out() {
+        let mut r = RefclockSource::new(source_settings(2, 64));
+        let mut polls = 0;
+        // 250 ms readings for 12 s; every fifth is a 10 ms glitch.
+        for i in 0..48 {
+            let offset = if i % 5 == 4 { 0.010 } else { 0.000_2 };
+            if r.on_sample(raw(i * 250, offset), Monotonic(i * 250_000_000)) == RefclockEvent::Filtered {
+                polls += 1;
+            }
+        }
+        // Polls close at 4, 8 s (and would at 12 s): two so far.
+        assert_eq!(polls, 2);
+        assert_eq!(r.filter.samples().count(), 2);
+        for s in r.filter.samples() {
+            assert!((s.offset_s - 0.000_2).abs() < 1e-9, "{}", s.offset_s);
+        }
+    }
+
+    #[test]
+    fn a_silence_empties_the_filters_and_the_return_needs_four_samples() {
+        let mut r = RefclockSource::new(source_settings(0, 1));
+        for i in 0..3 {
+            r.on_sample(raw(i * 1000, 0.0), Monotonic(i * 1_000_000_000));
+        }
+        assert_eq!(r.samples_since_silence, 3);
+        r.on_sample(raw(3000, 0.0), Monotonic(3_000_000_000));
+        assert_eq!(r.samples_since_silence, 4);
+        // 9 s of silence: everything before it is forgotten.
+        assert_eq!(r.on_sample(raw(12_000, 0.0), Monotonic(12_000_000_000)), RefclockEvent::Back);
+        assert_eq!(r.samples_since_silence, 1);
+        assert_eq!(r.filter.samples().count(), 0);
+        assert!(!r.reachable(Monotonic(12_000_000_000)));
+    }
+
+    #[test]
+    fn the_silence_limit_is_two_polls_when_polls_are_long() {
+        assert_eq!(RefclockSource::new(source_settings(0, 64)).silence_s(), 8.0);
+        assert_eq!(RefclockSource::new(source_settings(4, 64)).silence_s(), 32.0);
     }
 }
