@@ -1,35 +1,23 @@
-//! One scenario: the real strata-sync code (clock filter → source selection →
-//! discipline) in the loop with the virtual world, all in simulated time.
+//! One scenario: strata's whole time-keeping system (`strata_sync::timekeeper`, the
+//! code the engine runs) in the loop with the virtual world, in simulated time.
 //!
-//! The glue is what the engine does with strata-sync:
-//! - each poll, every server gets one exchange; an answer goes into its
-//!   `ClockFilter`, and its 8-poll reachability register (RFC 5905 `reach`) shifts;
-//! - once the poll's exchanges are done, `select` runs over the sources that have an
-//!   estimate (reachable: anything answered in the last 8 polls), with chrony's
-//!   defaults (`SelectionConfig::default()`);
-//! - the discipline is fed the combined offset, with the system root distance
-//!   (root delay / 2 + root dispersion) as its error bound, only when the system
-//!   peer's estimate is based on a newer sample than the last one fed (RFC 5905's
-//!   "use a sample only once", which filter.rs leaves to the caller);
-//! - its requests go to the virtual clock as the adjuster applies them; a step the
-//!   adjuster carried out is passed on to every filter (`ClockFilter::apply_step`).
-//!
-//! The discipline runs with the defaults (makestep 1.0 3) except the rates, which
-//! must be the adjuster's: the policy's 500 ppm slew and frequency limits.
+//! The driver does what the engine's does: it wakes at the system's next poll, sends
+//! each request through the world (a server's reply and its arrival time), hands the
+//! reply in, and applies the clock requests to the virtual clock as the adjuster
+//! applies them to its `simulated` backend (with the policy's rates and refusals).
+//! Every server is polled at the scenario's poll (minpoll = maxpoll), as chronyd
+//! with `minpoll N maxpoll N`.
 
-use strata_sync::discipline::{self, ClockAction, Discipline, DisciplineConfig};
-use strata_sync::filter::ClockFilter;
-use strata_sync::selection::{Candidate, SelectionConfig, SourceState, select};
-use strata_sync::{LocalTime, SelectOptions, SourceId};
+use std::net::SocketAddr;
+
+use strata_proto::ipc::{NtpSettings, UpstreamSettings};
+use strata_sync::discipline::ClockAction;
+use strata_sync::timekeeper::{Action, Timekeeper, TimekeeperConfig};
+use strata_sync::{Monotonic, SourceId};
 
 use super::clock::{Applied, Limits, VirtualClock};
 use super::rng::Rng;
 use super::world::{Server, exchange};
-
-/// True time from the poll to the update: every exchange is done by then.
-const SETTLE_S: f64 = 1.0;
-/// Between two servers' exchanges within a poll.
-const STAGGER_S: f64 = 0.01;
 
 /// A named world.
 #[derive(Clone, Debug)]
@@ -122,121 +110,108 @@ fn finite(what: &str, value: f64) -> Result<f64, String> {
     if value.is_finite() { Ok(value) } else { Err(format!("{what} is not finite: {value}")) }
 }
 
-/// Run `scenario` with `seed`; an error if anything turns NaN or the discipline refuses.
+/// Run `scenario` with `seed`; an error if anything turns NaN.
 pub fn run(scenario: &Scenario, seed: u64, trace: bool) -> Result<Outcome, String> {
     let mut rng = Rng::new(seed);
     let mut clock_rng = rng.fork();
     let mut path_rngs: Vec<Rng> = scenario.servers.iter().map(|_| rng.fork()).collect();
+    let mut cookie_rng = rng.fork();
     let limits = Limits::policy();
     let mut clock =
         VirtualClock::new(scenario.initial_offset_s, scenario.natural_ppm, scenario.wander_ppm_per_sqrt_s, limits);
-    let config = DisciplineConfig {
-        max_slew_rate_ppm: limits.max_slew_rate_ppm,
-        max_frequency_ppm: limits.max_frequency_ppm,
-        ..DisciplineConfig::default()
+    let poll_log2 = scenario.poll_s.log2().round() as i8;
+    let settings = NtpSettings {
+        local_stratum: None,
+        access: Vec::new(),
+        ratelimit: None,
+        client_log_limit_bytes: 0,
+        upstreams: (0..scenario.servers.len())
+            .map(|i| UpstreamSettings {
+                // Names only: nothing is ever sent anywhere.
+                address: SocketAddr::from(([192, 0, 2, i as u8 + 1], 123)),
+                iburst: false,
+                minpoll: poll_log2,
+                maxpoll: poll_log2,
+                prefer: false,
+                noselect: false,
+                trust: false,
+                require: false,
+                max_delay_s: 3.0,
+                version: 4,
+            })
+            .collect(),
+        makestep: Some((1.0, 3)),
+        minsources: 1,
+        initial_frequency: None,
+        leap_sec_mode: 0,
+        log_records: false,
+        refclocks: Vec::new(),
     };
-    let mut discipline = Discipline::new(config).map_err(|e| e.to_string())?;
-    let selection_config = SelectionConfig::default();
-    let mut filters: Vec<ClockFilter> = scenario.servers.iter().map(|_| ClockFilter::default()).collect();
-    let mut reach = vec![0u8; scenario.servers.len()];
-    let mut last_fed: Option<LocalTime> = None;
+    let config = TimekeeperConfig::from_settings(&settings, limits.max_slew_rate_ppm, limits.max_frequency_ppm)
+        .map_err(|e| e.to_string())?;
+    let now = |clock: &VirtualClock| Monotonic((clock.true_s() * 1e9).round() as i64);
+    let mut system = Timekeeper::new(config, now(&clock), clock.local_time(), &mut || cookie_rng.next_u64());
+    system.set_adjustable(true);
     let mut outcome = Outcome::default();
 
-    let polls = (scenario.duration_s / scenario.poll_s).floor() as usize;
-    for poll in 0..polls {
+    let mut polls = 0;
+    while clock.true_s() < scenario.duration_s {
+        let due = system.next_poll().ok_or("nothing to poll")?;
+        let wait_s = due.seconds_since(clock.local_time()).max(0.0);
+        clock.advance(wait_s, &mut clock_rng);
         let offset_s = finite("the clock's offset", clock.offset_s())?;
         let true_s = clock.true_s();
-
-        for (i, server) in scenario.servers.iter().enumerate() {
-            reach[i] <<= 1;
-            if let Some(sample) = exchange(&clock, server, i as f64 * STAGGER_S, &mut path_rngs[i]) {
-                reach[i] |= 1;
-                // A rejected sample (spike, maxdelay) is the filter's business.
-                let _ = filters[i].add(sample);
+        let sends = system.handle_timer(clock.local_time(), &mut || cookie_rng.next_u64());
+        if sends.is_empty() {
+            // The reading rounded below the due time: a nanosecond more.
+            clock.advance(1e-9, &mut clock_rng);
+            continue;
+        }
+        let mut actions = Vec::new();
+        for send in sends {
+            let Action::Send { source: SourceId(i), packet, len } = send else { continue };
+            let i = i as usize;
+            if let Some((reply, t4)) = exchange(&clock, &scenario.servers[i], 0.0, &mut path_rngs[i], &packet[..len]) {
+                let at = now(&clock);
+                actions.extend(system.handle_packet(SourceId(i as u32), &reply, t4, at).into_iter().flatten());
             }
         }
-        clock.advance(SETTLE_S, &mut clock_rng);
-        let now = clock.local_time();
-
-        let candidates: Vec<Candidate> = filters
+        for action in actions {
+            let Action::Clock(request) = action else { continue };
+            if let ClockAction::Step { offset_s: v } | ClockAction::Slew { offset_s: v } = request {
+                finite("a requested offset", v)?;
+            }
+            if let ClockAction::SetFrequency { ppm } = request {
+                finite("a requested frequency", ppm)?;
+            }
+            if trace {
+                eprintln!(
+                    "t {true_s:7.0} s  true offset {:+10.1} µs  freq {:+9.4} ppm  err {:+8.4} ppm  {request:?}",
+                    offset_s * 1e6,
+                    system.discipline().frequency_ppm(),
+                    clock.frequency_error_ppm(),
+                );
+            }
+            let _: Applied = clock.apply(request);
+        }
+        let sources = system.sources(clock.local_time(), now(&clock));
+        let falseticker_used = sources
             .iter()
-            .enumerate()
-            .filter_map(|(i, filter)| {
-                Some(Candidate {
-                    id: SourceId(i as u32),
-                    options: SelectOptions::default(),
-                    estimate: filter.estimate(now)?,
-                    reachable: reach[i] != 0,
-                })
-            })
-            .collect();
-        let selection = select(&candidates, now, &selection_config);
-        let mut falseticker_used = false;
-        for &(SourceId(id), state) in &selection.states {
-            if scenario.servers[id as usize].falseticker
-                && matches!(state, SourceState::Selected | SourceState::Combined)
-            {
-                falseticker_used = true;
-            }
-        }
+            .zip(&scenario.servers)
+            .any(|(source, server)| server.falseticker && matches!(source.state, '*' | '+'));
         if falseticker_used {
             outcome.falseticker_used += 1;
-            let first = outcome.falseticker_polls.map_or(poll, |(first, _)| first);
-            outcome.falseticker_polls = Some((first, poll));
+            let first = outcome.falseticker_polls.map_or(polls, |(first, _)| first);
+            outcome.falseticker_polls = Some((first, polls));
         }
-
-        match (selection.system_peer, selection.combined) {
-            (Some(peer), Some(combined)) => {
-                let peer_time = candidates.iter().find(|c| c.id == peer).map(|c| c.estimate.time).unwrap_or(now);
-                if last_fed.is_none_or(|last| peer_time > last) {
-                    last_fed = Some(peer_time);
-                    let estimate = discipline::SystemEstimate {
-                        time: now,
-                        offset_s: finite("the combined offset", combined.offset_s)?,
-                        root_distance_s: finite(
-                            "the root distance",
-                            combined.root_delay_s / 2.0 + combined.root_dispersion_s,
-                        )?,
-                        leap: combined.leap,
-                    };
-                    let actions = discipline.update(estimate).map_err(|e| format!("poll {poll}: discipline: {e}"))?;
-                    if trace {
-                        eprintln!(
-                            "poll {poll:5} t {true_s:7.0} s  true offset {:+10.1} µs  measured {:+10.1} µs  distance {:8.1} µs  \
-                             peer {} (sample {:+5.0} s)  freq {:+9.4} ppm  err {:+8.4} ppm  {actions:?}",
-                            offset_s * 1e6,
-                            estimate.offset_s * 1e6,
-                            estimate.root_distance_s * 1e6,
-                            peer.0,
-                            peer_time.seconds_since(now),
-                            discipline.frequency_ppm(),
-                            clock.frequency_error_ppm(),
-                        );
-                    }
-                    outcome.updates += 1;
-                    for action in actions {
-                        if let ClockAction::Step { offset_s: v } | ClockAction::Slew { offset_s: v } = action {
-                            finite("a requested offset", v)?;
-                        }
-                        if let ClockAction::SetFrequency { ppm } = action {
-                            finite("a requested frequency", ppm)?;
-                        }
-                        if let (Applied::Done, ClockAction::Step { offset_s }) = (clock.apply(action), action) {
-                            for filter in &mut filters {
-                                filter.apply_step(offset_s);
-                            }
-                            last_fed = last_fed.map(|t| t.add_seconds(offset_s));
-                        }
-                    }
-                }
-            }
-            _ => outcome.unsynchronised_polls += 1,
+        if system.serving().leap == strata_proto::ntp::LeapIndicator::Unsynchronized {
+            outcome.unsynchronised_polls += 1;
         }
-
         let frequency_error_ppm = finite("the frequency error", clock.frequency_error_ppm())?;
         outcome.points.push(Point { true_s, offset_s, frequency_error_ppm });
-        clock.advance(scenario.poll_s - SETTLE_S, &mut clock_rng);
+        polls += 1;
     }
+    outcome.updates = system.discipline().clock_updates() as u32;
     outcome.steps = clock.steps;
     outcome.refused = clock.refused;
     Ok(outcome)
