@@ -1,12 +1,16 @@
 //! The supervisor's part in reference clocks: open what the reader may not (bind the
 //! SOCK sockets, open /dev/ptpN and /dev/ppsN), and turn the `[[refclock]]` tables
-//! into the reader's and the engine's settings.
+//! into the reader's and the engine's settings (the engine's whole `NtpSettings` too).
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use strata_config::{Refclock, RefclockDriver};
-use strata_proto::ipc::{PpsDriverSettings, PpsLock, RefclockDriverSettings, RefclockSourceSettings, Resource};
+use strata_config::{Config, Refclock, RefclockDriver, Upstream};
+use strata_proto::ipc::{
+    NtpSettings, PpsDriverSettings, PpsLock, RateLimitSettings, RefclockDriverSettings, RefclockSourceSettings,
+    Resource, UpstreamSettings,
+};
 use strata_sys::ptp::{Pps, PpsEdge};
 use tracing::{info, warn};
 
@@ -79,6 +83,48 @@ pub fn driver_settings(refclocks: &[Refclock]) -> Vec<RefclockDriverSettings> {
             }),
         })
         .collect()
+}
+
+/// The engine's settings: the server, the resolved upstreams, the clock's rules and
+/// the refclocks as sources (the engine and `strata-simnode` take the same).
+pub fn ntp_settings(
+    config: &Config,
+    upstreams: &[(Upstream, SocketAddr)],
+    initial_frequency: Option<(f64, f64)>,
+) -> NtpSettings {
+    let server = &config.server;
+    NtpSettings {
+        local_stratum: server.local_stratum.map(|s| s.0 as u8),
+        access: server.access_rules(),
+        ratelimit: server.ratelimit.map(|r| RateLimitSettings {
+            interval_log2: r.interval.0,
+            burst: r.burst.0 as u8,
+            leak_log2: r.leak.0 as u8,
+            kod_log2: r.kod.map(|k| k.0 as u8),
+        }),
+        client_log_limit_bytes: u64::from(server.client_log_limit.0),
+        upstreams: upstreams
+            .iter()
+            .map(|(u, address)| UpstreamSettings {
+                address: *address,
+                iburst: u.iburst,
+                minpoll: u.minpoll.0,
+                maxpoll: u.maxpoll.0.max(u.minpoll.0),
+                prefer: u.prefer,
+                noselect: u.noselect,
+                trust: u.trust,
+                require: u.require,
+                max_delay_s: u.maxdelay,
+                version: u.version.0 as u8,
+            })
+            .collect(),
+        makestep: config.clock.makestep.map(|m| (m.threshold, m.limit)),
+        minsources: config.clock.minsources,
+        initial_frequency,
+        leap_sec_mode: config.clock.leapsecmode as u8,
+        log_records: config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
+        refclocks: source_settings(&config.refclock),
+    }
 }
 
 /// The engine's settings, one per refclock in configuration order.

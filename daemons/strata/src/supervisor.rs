@@ -28,8 +28,7 @@ use strata_config::Config;
 use strata_process::channel::{Channel, RecvError};
 use strata_proto::ipc::{
     self, AdjustSettings, ChildToSupervisor, ControlSettings, EXIT_DO_NOT_RESPAWN, Hello, Identity, MAX_FRAME,
-    NtpSettings, RateLimitSettings, RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
-    UpstreamSettings,
+    RefclockSettings, Resource, Role, Settings, Start, SupervisorToChild, UnlinkReason,
 };
 use strata_sys::Capability;
 use tracing::{debug, error, info, warn};
@@ -395,40 +394,8 @@ impl Supervisor {
     fn settings(&self, role: Role) -> Settings {
         match role {
             Role::Ntp => {
-                let server = &self.config.server;
-                Settings::Ntp(NtpSettings {
-                    local_stratum: server.local_stratum.map(|s| s.0 as u8),
-                    access: server.access_rules(),
-                    ratelimit: server.ratelimit.map(|r| RateLimitSettings {
-                        interval_log2: r.interval.0,
-                        burst: r.burst.0 as u8,
-                        leak_log2: r.leak.0 as u8,
-                        kod_log2: r.kod.map(|k| k.0 as u8),
-                    }),
-                    client_log_limit_bytes: u64::from(server.client_log_limit.0),
-                    upstreams: self
-                        .upstreams
-                        .iter()
-                        .map(|(u, address)| UpstreamSettings {
-                            address: *address,
-                            iburst: u.iburst,
-                            minpoll: u.minpoll.0,
-                            maxpoll: u.maxpoll.0.max(u.minpoll.0),
-                            prefer: u.prefer,
-                            noselect: u.noselect,
-                            trust: u.trust,
-                            require: u.require,
-                            max_delay_s: u.maxdelay,
-                            version: u.version.0 as u8,
-                        })
-                        .collect(),
-                    makestep: self.config.clock.makestep.map(|m| (m.threshold, m.limit)),
-                    minsources: self.config.clock.minsources,
-                    initial_frequency: self.config.clock.driftfile.as_deref().and_then(read_driftfile),
-                    leap_sec_mode: self.config.clock.leapsecmode as u8,
-                    log_records: self.config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
-                    refclocks: crate::refclocks::source_settings(&self.config.refclock),
-                })
+                let initial_frequency = self.config.clock.driftfile.as_deref().and_then(read_driftfile);
+                Settings::Ntp(crate::refclocks::ntp_settings(&self.config, &self.upstreams, initial_frequency))
             }
             Role::Refclock => Settings::Refclock(RefclockSettings {
                 refclocks: crate::refclocks::driver_settings(&self.config.refclock),

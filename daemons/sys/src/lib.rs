@@ -318,6 +318,23 @@ mod peer_credentials_tests {
     }
 }
 
+/// Open a device with the C library's plain `open(2)` (Rust's `File::open` calls
+/// `open64`): clknetsim, under which `strata-simnode` runs, intercepts `open` only,
+/// and answers `/dev/ptpN` with a simulated PHC.
+pub fn open_device(path: &std::path::Path, writable: bool) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; open takes
+    // no other pointer and returns a new descriptor or -1.
+    let fd = unsafe { libc::open(path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open: it is open and owned by no one else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// A kernel clock driven through `clock_adjtime(2)`: CLOCK_REALTIME, or a PTP
 /// hardware clock (`/dev/ptpN`, opened read-write by the supervisor).
 #[derive(Clone, Copy, Debug)]
@@ -498,12 +515,14 @@ impl ShmSegment {
     /// Attach read-write to the existing segment `key` (never creates one: gpsd does).
     /// Fails if it is smaller than [`SHM_LEN`].
     pub fn attach(key: libc::key_t) -> io::Result<ShmSegment> {
+        // Asking for SHM_LEN bytes makes shmget itself refuse (EINVAL) a smaller
+        // segment; no IPC_STAT, which clknetsim (strata-simnode) does not simulate.
         // SAFETY: shmget takes integers only and returns an id or -1.
-        let id = unsafe { libc::shmget(key, 0, 0) };
+        let id = unsafe { libc::shmget(key, SHM_LEN, 0) };
         if id < 0 {
             return Err(io::Error::last_os_error());
         }
-        ShmSegment::attach_id(id)
+        ShmSegment::map(id)
     }
 
     /// Create segment `key` with permissions `mode` (e.g. 0o600) and attach to it:
@@ -530,6 +549,11 @@ impl ShmSegment {
         if ds.shm_segsz < SHM_LEN {
             return Err(io::Error::other(format!("SHM segment is {} bytes, need {SHM_LEN}", ds.shm_segsz)));
         }
+        ShmSegment::map(id)
+    }
+
+    /// Map segment `id`, known to hold at least [`SHM_LEN`] bytes.
+    fn map(id: libc::c_int) -> io::Result<ShmSegment> {
         // SAFETY: a null address lets the kernel choose where to map; flags 0 maps
         // read-write. The result is a new mapping no Rust object refers to, or -1.
         let addr = unsafe { libc::shmat(id, std::ptr::null(), 0) };
