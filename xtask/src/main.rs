@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod clknetsim;
 mod deb;
 mod fuzz;
 mod install;
@@ -48,10 +49,13 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("sim") => sim::main(&args[1..]),
+        Some("clknetsim") => clknetsim::main(&args[1..]),
         Some("install") => install::main(&args[1..]),
         Some("deb") => deb::main(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet|sim|install --destdir DIR|deb>");
+            eprintln!(
+                "usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet|sim|clknetsim|install --destdir DIR|deb>"
+            );
             return ExitCode::from(2);
         }
     };

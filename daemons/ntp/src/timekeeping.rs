@@ -16,13 +16,13 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, socko
 use nix::sys::time::TimeSpec;
 use strata_process::child::Outbox;
 use strata_proto::ipc::{
-    AddSource, ChildToSupervisor, ClockBackendKind, ClockStatus, EngineToAdjuster, Failover, Leap as WireLeap,
-    NtpSettings, RefclockSample, SourceStatus, TrackingStatus, UpstreamSettings,
+    AddSource, ChildToSupervisor, ClockBackendKind, ClockStatus, Failover, NtpSettings, RefclockSample, SourceStatus,
+    TrackingStatus, UpstreamSettings,
 };
 use strata_sync::discipline::ClockAction;
 use strata_sync::refclock::RawSample;
-use strata_sync::timekeeper::{Action, IgnoredPacket, Timekeeper, TimekeeperConfig};
-use strata_sync::{Leap, LocalTime, Monotonic, SourceId};
+use strata_sync::timekeeper::{Action, IgnoredPacket, Timekeeper, TimekeeperConfig, adjuster_request};
+use strata_sync::{LocalTime, Monotonic, SourceId};
 use tracing::{debug, info, warn};
 
 use crate::workers::{Shared, system_now_ns};
@@ -151,7 +151,12 @@ impl Timekeeping {
                         debug!(upstream = %s.address, "request not sent: {e}");
                     }
                 }
-                Action::Clock(request) => out.send(&adjuster_request(request)),
+                Action::Clock(request) => {
+                    if let ClockAction::Step { offset_s } = request {
+                        info!(offset_s, "stepping the clock");
+                    }
+                    out.send(&adjuster_request(request))
+                }
                 Action::Serve(state) => *self.shared.serving.write().unwrap_or_else(|e| e.into_inner()) = state,
                 Action::Drift { frequency_ppm, skew_ppm } => {
                     out.report(ChildToSupervisor::Drift { frequency_ppm, skew_ppm })
@@ -232,23 +237,6 @@ impl Timekeeping {
                 Ok("the clock steps by the whole offset at the next estimate".into())
             }
         }
-    }
-}
-
-/// The adjuster's request for a clock action of the discipline.
-pub fn adjuster_request(action: ClockAction) -> EngineToAdjuster {
-    match action {
-        ClockAction::Step { offset_s } => {
-            info!(offset_s, "stepping the clock");
-            EngineToAdjuster::Step { offset_s }
-        }
-        ClockAction::Slew { offset_s } => EngineToAdjuster::Slew { offset_s },
-        ClockAction::SetFrequency { ppm } => EngineToAdjuster::SetFrequency { ppm },
-        ClockAction::SetLeap(leap) => EngineToAdjuster::SetLeap(match leap {
-            Leap::InsertSecond => WireLeap::InsertSecond,
-            Leap::DeleteSecond => WireLeap::DeleteSecond,
-            Leap::None | Leap::Unsynchronised => WireLeap::None,
-        }),
     }
 }
 

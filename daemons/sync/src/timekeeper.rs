@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use strata_proto::ipc::{
-    Failover, LogRecord, MAX_FAILOVERS, MAX_SOURCES, NtpSettings, RefclockSourceSettings, SourceStatus, TrackingStatus,
-    UpstreamSettings,
+    EngineToAdjuster, Failover, Leap as WireLeap, LogRecord, MAX_FAILOVERS, MAX_SOURCES, NtpSettings,
+    RefclockSourceSettings, SourceStatus, TrackingStatus, UpstreamSettings,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 
@@ -670,6 +670,20 @@ impl Upstream {
     }
 }
 
+/// The clock adjuster's request for a clock action of the discipline.
+pub fn adjuster_request(action: ClockAction) -> EngineToAdjuster {
+    match action {
+        ClockAction::Step { offset_s } => EngineToAdjuster::Step { offset_s },
+        ClockAction::Slew { offset_s } => EngineToAdjuster::Slew { offset_s },
+        ClockAction::SetFrequency { ppm } => EngineToAdjuster::SetFrequency { ppm },
+        ClockAction::SetLeap(leap) => EngineToAdjuster::SetLeap(match leap {
+            Leap::InsertSecond => WireLeap::InsertSecond,
+            Leap::DeleteSecond => WireLeap::DeleteSecond,
+            Leap::None | Leap::Unsynchronised => WireLeap::None,
+        }),
+    }
+}
+
 /// The sans-IO source's options for an upstream's settings.
 pub fn server_options(u: &UpstreamSettings) -> ServerOptions {
     ServerOptions {
@@ -832,12 +846,9 @@ mod tests {
 
         fn apply(&mut self, actions: Vec<Action>) {
             for action in &actions {
-                match action {
-                    // The fake clock carries out a slew at once.
-                    Action::Clock(ClockAction::Step { offset_s } | ClockAction::Slew { offset_s }) => {
-                        self.local_error_s += offset_s
-                    }
-                    _ => {}
+                // The fake clock carries out a slew at once.
+                if let Action::Clock(ClockAction::Step { offset_s } | ClockAction::Slew { offset_s }) = action {
+                    self.local_error_s += offset_s
                 }
             }
             self.actions.extend(actions);

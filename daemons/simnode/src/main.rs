@@ -1,0 +1,6 @@
+//! `strata-simnode`: a shim over the library (see there).
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    strata_simnode::main()
+}
