@@ -268,7 +268,9 @@ pub fn main(args: &[String]) -> Result {
             return Err(format!("no such scenario\n{}", usage()));
         }
     }
-    let tools = prepare()?;
+    // The CI guard uses the debug build `cargo xtask ci` has just made: the same
+    // code and the same floating point, so the same figures, without a release build.
+    let tools = prepare(if options.ci { "debug" } else { "release" })?;
     let started = Instant::now();
     let mut rows = Vec::new();
     for scenario in &chosen {
@@ -326,7 +328,7 @@ struct Tools {
 }
 
 /// chronyd installed, clknetsim built from the vendored copy, strata's binaries built.
-fn prepare() -> Result<Tools> {
+fn prepare(profile: &str) -> Result<Tools> {
     crate::ensure_packages()?;
     let source = root().join("../shared/vendor/clknetsim");
     let build = root().join("target/clknetsim");
@@ -337,7 +339,12 @@ fn prepare() -> Result<Tools> {
         run(Command::new("chmod").args(["-R", "u+w"]).arg(&build))?;
         run(Command::new("make").arg("-C").arg(&build).arg("-j2"))?;
     }
-    run(cargo().args(["build", "--release", "-p", "strata", "-p", "strata-simnode"]))?;
+    let mut binaries = cargo();
+    binaries.args(["build", "-p", "strata", "-p", "strata-simnode"]);
+    if profile == "release" {
+        binaries.arg("--release");
+    }
+    run(&mut binaries)?;
     let chronyd = ["/usr/sbin/chronyd", "/sbin/chronyd"]
         .into_iter()
         .map(PathBuf::from)
@@ -346,8 +353,8 @@ fn prepare() -> Result<Tools> {
     Ok(Tools {
         clknetsim: build.join("clknetsim"),
         preload: build.join("clknetsim.so"),
-        simnode: root().join("target/release/strata-simnode"),
-        strata: root().join("target/release/strata"),
+        simnode: root().join("target").join(profile).join("strata-simnode"),
+        strata: root().join("target").join(profile).join("strata"),
         chronyd,
     })
 }
