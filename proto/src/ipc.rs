@@ -273,6 +273,8 @@ pub enum ChildToSupervisor {
     /// The engine's frequency estimate, for the driftfile (the engine has no file
     /// access; the supervisor writes it atomically).
     Drift {
+        /// The correction the discipline applies (positive: the clock is sped up),
+        /// as chrony's driftfile holds it.
         frequency_ppm: f64,
         skew_ppm: f64,
     },
@@ -303,8 +305,12 @@ pub enum LogRecord {
         time_unix_ns: i64,
         reference: Option<SocketAddr>,
         stratum: u8,
+        /// The discipline's correction (positive: sped up); `TrackingStatus`
+        /// reports the clock's own rate error, its negation.
         frequency_ppm: f64,
         skew_ppm: f64,
+        /// Reference − local clock (positive: the clock is behind); `TrackingStatus`
+        /// reports chronyc's local − reference.
         offset_s: f64,
         leap: u8,
         root_delay_s: f64,

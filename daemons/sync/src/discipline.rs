@@ -203,7 +203,7 @@ impl DisciplineConfig {
 
 /// What selection and combination say about the local clock at one update.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SystemEstimate {
+pub struct ClockEstimate {
     /// The local time the estimate refers to; the requests returned take effect then.
     pub time: LocalTime,
     /// Source − local clock, seconds. Positive: the local clock is behind.
@@ -291,7 +291,7 @@ impl Fit {
     }
 }
 
-/// The clock discipline: feed it [`SystemEstimate`]s, send what it returns.
+/// The clock discipline: feed it [`ClockEstimate`]s, send what it returns.
 #[derive(Clone, Debug)]
 pub struct Discipline {
     config: DisciplineConfig,
@@ -377,7 +377,7 @@ impl Discipline {
     }
 
     /// One update: the requests to send the adjuster, in order.
-    pub fn update(&mut self, estimate: SystemEstimate) -> Result<Vec<ClockAction>, UpdateError> {
+    pub fn update(&mut self, estimate: ClockEstimate) -> Result<Vec<ClockAction>, UpdateError> {
         if !(estimate.offset_s.is_finite() && estimate.root_distance_s.is_finite()) {
             return Err(UpdateError::NotFinite);
         }
@@ -472,7 +472,7 @@ impl Discipline {
 
     /// `Step` by `offset_s` at `now`, cancelling a slew still in progress first (the
     /// step already includes what is left of it).
-    fn step(&mut self, now: LocalTime, offset_s: f64, estimate: SystemEstimate, actions: &mut Vec<ClockAction>) {
+    fn step(&mut self, now: LocalTime, offset_s: f64, estimate: ClockEstimate, actions: &mut Vec<ClockAction>) {
         if let Some(pending) = self.pending_slew
             && pending.offset_s - self.slew_progress_s(now) != 0.0
         {
@@ -574,7 +574,7 @@ impl Discipline {
 
     /// `leapsecmode`: the `SetLeap` to send, if any; returns whether the leap second
     /// just passed and is to be stepped (`leapsecmode step`).
-    fn update_leap(&mut self, estimate: SystemEstimate, actions: &mut Vec<ClockAction>) -> bool {
+    fn update_leap(&mut self, estimate: ClockEstimate, actions: &mut Vec<ClockAction>) -> bool {
         // chrony arms a leap only on the days one may happen (the last of June and of
         // December), so that a source with a stray LI cannot move the clock.
         let announced = match estimate.leap {
@@ -712,8 +712,8 @@ mod tests {
         LocalTime(EPOCH_S * NANOS_PER_SECOND).add_seconds(seconds)
     }
 
-    fn estimate(time: LocalTime, offset_s: f64) -> SystemEstimate {
-        SystemEstimate { time, offset_s, root_distance_s: 1e-3, leap: Leap::None }
+    fn estimate(time: LocalTime, offset_s: f64) -> ClockEstimate {
+        ClockEstimate { time, offset_s, root_distance_s: 1e-3, leap: Leap::None }
     }
 
     fn config(make_step: Option<(f64, i32)>) -> DisciplineConfig {
@@ -951,7 +951,7 @@ mod tests {
         // ±10 ms scatter over 16 s intervals: a slope whose skew is hundreds of ppm.
         for (update, offset_s) in [0.0, 0.01, -0.01, 0.01].into_iter().enumerate() {
             let actions = discipline
-                .update(SystemEstimate { root_distance_s: 0.05, ..estimate(at(16.0 * update as f64), offset_s) })
+                .update(ClockEstimate { root_distance_s: 0.05, ..estimate(at(16.0 * update as f64), offset_s) })
                 .unwrap();
             if update > 0 {
                 assert!(frequencies(&actions).is_empty(), "{actions:?}");
@@ -985,9 +985,9 @@ mod tests {
         let mut discipline = Discipline::new(config(Some((0.1, 3)))).unwrap();
         assert_eq!(discipline.update(estimate(at(0.0), f64::NAN)), Err(UpdateError::NotFinite));
         assert_eq!(discipline.update(estimate(at(0.0), f64::INFINITY)), Err(UpdateError::NotFinite));
-        let bad_distance = SystemEstimate { root_distance_s: f64::NAN, ..estimate(at(0.0), 0.0) };
+        let bad_distance = ClockEstimate { root_distance_s: f64::NAN, ..estimate(at(0.0), 0.0) };
         assert_eq!(discipline.update(bad_distance), Err(UpdateError::NotFinite));
-        let negative = SystemEstimate { root_distance_s: -1.0, ..estimate(at(0.0), 0.0) };
+        let negative = ClockEstimate { root_distance_s: -1.0, ..estimate(at(0.0), 0.0) };
         assert_eq!(discipline.update(negative), Err(UpdateError::NegativeRootDistance));
         assert!(!UpdateError::NotFinite.to_string().is_empty());
         assert_eq!(discipline.clock_updates(), 0);
@@ -1015,8 +1015,8 @@ mod tests {
         LocalTime(1_751_324_400 * NANOS_PER_SECOND)
     }
 
-    fn leap_estimate(time: LocalTime, offset_s: f64, leap: Leap) -> SystemEstimate {
-        SystemEstimate { leap, ..estimate(time, offset_s) }
+    fn leap_estimate(time: LocalTime, offset_s: f64, leap: Leap) -> ClockEstimate {
+        ClockEstimate { leap, ..estimate(time, offset_s) }
     }
 
     #[test]
@@ -1310,7 +1310,7 @@ mod tests {
                 clock.error_s += moved_s;
             }
             let time = clock.local_time();
-            let measured = SystemEstimate {
+            let measured = ClockEstimate {
                 time,
                 offset_s: clock.offset_s() + scenario.noise_s * rng.gaussian(),
                 // An error bound the noise stays inside (4 σ).
@@ -1508,7 +1508,7 @@ mod tests {
             let mut last: Option<LocalTime> = None;
             for (index, (interval_s, offset_s, root_distance_s)) in updates.into_iter().enumerate() {
                 time = time.add_seconds(interval_s);
-                let actions = discipline.update(SystemEstimate { time, offset_s, root_distance_s, leap: Leap::None }).unwrap();
+                let actions = discipline.update(ClockEstimate { time, offset_s, root_distance_s, leap: Leap::None }).unwrap();
                 for action in &actions {
                     match *action {
                         ClockAction::Step { offset_s: step } => {

@@ -26,7 +26,7 @@ use crate::filter::{ClockFilter, FilterConfig};
 use crate::{Leap, LocalTime, Monotonic, Sample};
 
 /// chrony's default refclock `filter` length.
-pub const DEFAULT_FILTER_LENGTH: usize = 64;
+pub const DEFAULT_MEDIAN_LENGTH: usize = 64;
 /// The fraction of samples nearest the median that are averaged (chrony: 0.6).
 const COMBINE_RATIO: f64 = 0.6;
 

@@ -23,9 +23,7 @@ use strata_proto::ipc::{
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 
-use crate::discipline::{
-    ClockAction, ConfigError, Discipline, DisciplineConfig, LeapSecMode, MakeStep, SystemEstimate as DisciplineEstimate,
-};
+use crate::discipline::{ClockAction, ClockEstimate, ConfigError, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
 use crate::filter::{ClockFilter, FilterConfig};
 use crate::refclock::{RawSample, RefclockEvent, RefclockSource};
 use crate::selection::{Candidate, Selection, SelectionConfig, select};
@@ -468,7 +466,7 @@ impl Timekeeper {
         if !self.adjustable {
             return;
         }
-        let estimate = DisciplineEstimate {
+        let estimate = ClockEstimate {
             time: clock,
             offset_s: system.offset_s,
             root_distance_s: system.root_delay_s / 2.0 + system.root_dispersion_s,
