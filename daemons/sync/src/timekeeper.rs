@@ -481,16 +481,17 @@ impl Timekeeper {
         };
         for request in requests {
             if let ClockAction::Step { offset_s } = request {
-                // The stored measurements move with the clock, and so does the
-                // use-once mark (it is a time on the clock that was stepped).
+                // The stored measurements move with the clock. The use-once mark and
+                // the sources' outstanding requests do not: the adjuster applies the
+                // step later (another process), and a reply that arrives before it
+                // is measured on the old time scale; an unmoved mark keeps such a
+                // sample from asking for the same step twice.
                 for u in &mut self.upstreams {
                     u.filter.apply_step(offset_s);
-                    u.source.apply_step(offset_s);
                 }
                 for r in &mut self.refclocks {
                     r.apply_step(offset_s);
                 }
-                self.last_used = self.last_used.map(|t| t.add_seconds(offset_s));
             }
             actions.push(Action::Clock(request));
         }
