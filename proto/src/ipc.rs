@@ -1,6 +1,6 @@
 //! Messages between strata's processes.
 //!
-//! The rules (DESIGN.md, "Channels"):
+//! The rules (ARCHITECTURE.md, "Channels"):
 //! - One enum per channel and direction. A process that may ask for one thing holds
 //!   a channel that can carry only that thing: the engine's channel to the adjuster
 //!   carries [`EngineToAdjuster`] and nothing else.
@@ -522,7 +522,7 @@ pub enum ControlRole {
     Admin,
 }
 
-/// Which clock the adjuster drives (DESIGN.md, "Clocks").
+/// Which clock the adjuster drives (ARCHITECTURE.md, "Keeping time").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClockBackendKind {
     /// Measure and serve, never adjust (like `chronyd -x`).

@@ -1,4 +1,4 @@
-//! The clock backends the adjuster drives (DESIGN.md, "Clocks"):
+//! The clock backends the adjuster drives (ARCHITECTURE.md, "Keeping time"):
 //! - `none`: measure and serve, never adjust (like `chronyd -x`): every change refused;
 //! - `simulated`: the model file of `strata_proto::clock_model`, handed over by the
 //!   supervisor; a change rewrites the model, every process reads time from it;

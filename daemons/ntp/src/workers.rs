@@ -188,7 +188,7 @@ pub fn system_now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Where the served time comes from (DESIGN.md, "Clocks"): the system clock, or the
+/// Where the served time comes from (ARCHITECTURE.md, "Keeping time"): the system clock, or the
 /// simulated clock's model (a file the supervisor opened, read with one `pread`).
 #[derive(Debug)]
 pub enum TimeSource {

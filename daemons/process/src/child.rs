@@ -1,4 +1,4 @@
-//! The life of a sandboxed child process, in the fixed order of DESIGN.md:
+//! The life of a sandboxed child process, in the fixed order ARCHITECTURE.md gives:
 //!
 //! 1. sanitise: close every inherited descriptor but stdio and the supervisor
 //!    channel (3), clear the environment;

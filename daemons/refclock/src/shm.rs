@@ -52,7 +52,7 @@ const RECEIVE_NSEC: usize = 56;
 // The offsets above are those of a 64-bit time_t.
 const _: () = assert!(cfg!(target_pointer_width = "64"), "shmTime layout is only verified for LP64 targets");
 
-/// The most the reference and receive times may differ (one day, as in the brief's
+/// The most the reference and receive times may differ (one day, as in the seed guide's
 /// sanity rule; gpsd's are within a second or two of each other).
 const MAX_DIFFERENCE_NS: i64 = 86_400 * 1_000_000_000;
 
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn the_layout_is_the_one_gcc_gives() {
-        // Obtained by compiling a copy of struct shmTime (as in the brief, with
+        // Obtained by compiling a copy of struct shmTime (as in the seed guide, with
         // <time.h>) with gcc 12.2.0 on x86_64 Debian 12 and printing sizeof and
         // offsetof: size 96; mode 0, count 4, clockTimeStampSec 8 (8 bytes),
         // clockTimeStampUSec 16, receiveTimeStampSec 24 (8 bytes),

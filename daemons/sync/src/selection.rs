@@ -140,7 +140,7 @@ pub struct SystemEstimate {
     /// Weighted offset of the combined sources, seconds (source − local).
     pub offset_s: f64,
     /// Weighted RMS of the combined offsets about the system peer's (RFC ψ_s), seconds.
-    /// (Added to the brief's fields: the discipline and chronyc `tracking` want it.)
+    /// (Beyond RFC 5905's fields: the discipline and chronyc `tracking` want it.)
     pub jitter_s: f64,
     /// System peer's root delay + its delay (RFC δ_s = Δ_p + δ_p).
     pub root_delay_s: f64,
