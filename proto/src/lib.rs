@@ -4,6 +4,7 @@
 //!   (postcard over `SOCK_SEQPACKET`), one enum per channel and direction.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod calendar;
 pub mod clock_model;
 pub mod ipc;

@@ -14,7 +14,7 @@
 
 use std::net::IpAddr;
 
-use crate::access::AccessList;
+use strata_proto::access::AccessList;
 use crate::{Burst, ClientLogLimit, Leak, NtpVersion, PollLog2, RateInterval, Stratum, UpstreamAddress};
 
 /// What became of a chrony.conf.

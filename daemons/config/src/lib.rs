@@ -5,7 +5,6 @@
 //! input), so a range error points at the value itself.
 #![forbid(unsafe_code)]
 
-pub mod access;
 pub mod chrony;
 
 use std::net::SocketAddr;
@@ -730,7 +729,7 @@ impl Config {
             .map_err(|e| invalid(e.span().map_or(0, |s| s.start), e.message().trim().to_string()))?;
         // The access rules are checked here, not only in the engine, so that the
         // error points at the word in the file.
-        if let Err(e) = access::AccessList::parse(&config.server.access_rules()) {
+        if let Err(e) = strata_proto::access::AccessList::parse(&config.server.access_rules()) {
             let rule = &config.server.access[e.index];
             // The span starts at the opening quote of the string.
             return Err(invalid(rule.span().start + 1 + e.offset, format!("access rule: {}", e.kind)));

@@ -21,7 +21,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
 use nix::sys::time::TimeSpec;
-use strata_config::access::AccessList;
+use strata_proto::access::AccessList;
 use strata_proto::ipc::{ClientActivity, MAX_CLIENTS_REPORTED, NtpSettings, ServerStats};
 use strata_proto::ntp::{HEADER_LEN, NtpTimestamp};
 use tracing::warn;
