@@ -15,8 +15,10 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::ntp::LeapIndicator;
+
 /// Bumped whenever any enum below changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Exit status of a child that must not be re-spawned (the adjuster's panic
 /// threshold): the supervisor raises an alarm instead.
@@ -290,7 +292,7 @@ pub enum LogRecord {
     Measurement {
         time_unix_ns: i64,
         source: SocketAddr,
-        leap: u8,
+        leap: LeapIndicator,
         stratum: u8,
         offset_s: f64,
         delay_s: f64,
@@ -306,13 +308,14 @@ pub enum LogRecord {
         reference: Option<SocketAddr>,
         stratum: u8,
         /// The discipline's correction (positive: sped up); `TrackingStatus`
-        /// reports the clock's own rate error, its negation.
+        /// reports the clock's own rate error, its negation, as `rate_error_ppm`, and
+        /// so does the tracking log's "Freq ppm" column, as chrony's does.
         frequency_ppm: f64,
         skew_ppm: f64,
         /// Reference − local clock (positive: the clock is behind); `TrackingStatus`
-        /// reports chronyc's local − reference.
+        /// and the tracking log report chrony's local − reference.
         offset_s: f64,
-        leap: u8,
+        leap: LeapIndicator,
         root_delay_s: f64,
         root_dispersion_s: f64,
     },
@@ -392,8 +395,7 @@ pub struct NtpSettings {
     pub minsources: u8,
     /// The frequency and its error bound saved in the driftfile, ppm.
     pub initial_frequency: Option<(f64, f64)>,
-    /// chrony's `leapsecmode`: 0 system, 1 step, 2 slew, 3 ignore.
-    pub leap_sec_mode: u8,
+    pub leap_sec_mode: LeapSecMode,
     /// Whether to report `LogRecord`s (some statistics log is configured).
     pub log_records: bool,
     /// The refclocks as sources, in configuration order.
@@ -595,7 +597,7 @@ pub enum EngineToAdjuster {
     Step {
         offset_s: f64,
     },
-    SetLeap(Leap),
+    SetLeap(KernelLeap),
 }
 channel!(EngineToAdjuster: Ntp -> Adjust);
 
@@ -618,12 +620,31 @@ pub enum ClockRequestKind {
     MakeStep,
 }
 
+/// The leap second the kernel clock is armed to insert or delete at the next midnight
+/// (adjtimex `STA_INS`/`STA_DEL`): a command, so it has no "unsynchronised", unlike
+/// the sources' [`LeapIndicator`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Leap {
+pub enum KernelLeap {
     #[default]
     None,
     InsertSecond,
     DeleteSecond,
+}
+
+/// chrony's `leapsecmode` (chrony.conf(5)): what is done about an announced leap second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeapSecMode {
+    /// The kernel inserts or deletes the second at midnight (`SetLeap`).
+    #[default]
+    System,
+    /// The kernel is not told; the one-second offset that follows the leap is stepped
+    /// at the first update after midnight, whatever `makestep` says.
+    Step,
+    /// The kernel is not told; the offset that follows is slewed (at `maxslewrate`).
+    Slew,
+    /// The leap is not acted upon; the offset that follows is corrected like any other.
+    Ignore,
 }
 
 /// What the adjuster reports about the clock it drives: state, not deltas.
@@ -631,7 +652,7 @@ pub enum Leap {
 pub struct ClockStatus {
     pub backend: ClockBackendKind,
     pub frequency_ppm: f64,
-    pub leap: Leap,
+    pub leap: KernelLeap,
     /// Steps still allowed in this boot.
     pub steps_left: u32,
     /// Whether automatic steps (makestep) are still allowed by the time window.
@@ -770,13 +791,13 @@ pub struct TrackingStatus {
     pub reference_time_unix_ns: i64,
     pub offset_s: f64,
     pub rms_offset_s: f64,
-    /// The clock's own rate error (positive: fast), the negated correction.
-    pub frequency_ppm: f64,
+    /// The clock's own rate error (positive: it runs fast), chronyc's "Frequency":
+    /// the negation of the correction every other `frequency_ppm` here means.
+    pub rate_error_ppm: f64,
     pub skew_ppm: f64,
     pub root_delay_s: f64,
     pub root_dispersion_s: f64,
-    /// 0 none, 1 insert, 2 delete, 3 unsynchronised.
-    pub leap: u8,
+    pub leap: LeapIndicator,
     pub synchronised: bool,
 }
 

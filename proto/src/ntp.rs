@@ -155,16 +155,18 @@ impl NtpShort {
 // Header fields
 // ---------------------------------------------------------------------------
 
-/// LI, the warning of an impending leap second (RFC 5905 §7.3, Figure 9).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// LI, the warning of an impending leap second (RFC 5905 §7.3, Figure 9): what a
+/// source says and what the server says, in packets, in the engine and in its logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum LeapIndicator {
+    #[default]
     NoWarning = 0,
     /// The last minute of the day has 61 seconds.
     InsertSecond = 1,
     /// The last minute of the day has 59 seconds.
     DeleteSecond = 2,
     /// The clock is not synchronised; also set in every kiss-o'-death packet.
-    Unsynchronized = 3,
+    Unsynchronised = 3,
 }
 
 impl LeapIndicator {
@@ -174,7 +176,7 @@ impl LeapIndicator {
             0 => LeapIndicator::NoWarning,
             1 => LeapIndicator::InsertSecond,
             2 => LeapIndicator::DeleteSecond,
-            _ => LeapIndicator::Unsynchronized,
+            _ => LeapIndicator::Unsynchronised,
         }
     }
 
@@ -866,7 +868,7 @@ mod tests {
     fn kiss_codes() {
         let mut h = header();
         h.mode = Mode::Server;
-        h.leap = LeapIndicator::Unsynchronized;
+        h.leap = LeapIndicator::Unsynchronised;
         for (code, kiss) in [(*b"RATE", KissCode::Rate), (*b"DENY", KissCode::Deny), (*b"RSTR", KissCode::Rstr)] {
             h.reference_id = ReferenceId::from_bytes(code);
             assert_eq!(h.kiss_code(), Some(kiss));
@@ -891,7 +893,7 @@ mod tests {
         bytes[12..16].copy_from_slice(b"GPS\0");
         bytes[40..48].copy_from_slice(&0x0123_4567_89ab_cdefu64.to_be_bytes());
         let h = Header::from_bytes(&bytes);
-        assert_eq!(h.leap, LeapIndicator::Unsynchronized);
+        assert_eq!(h.leap, LeapIndicator::Unsynchronised);
         assert_eq!(h.version, 4);
         assert_eq!(h.mode, Mode::Server);
         assert_eq!(h.stratum, 1);

@@ -33,7 +33,7 @@ pub fn demo_settings(role: Role) -> Settings {
             makestep: None,
             minsources: 1,
             initial_frequency: None,
-            leap_sec_mode: 0,
+            leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
             log_records: false,
             refclocks: Vec::new(),
         }),

@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 
 use strata_proto::clock_model::{ClockModel, RECORD_LEN};
-use strata_proto::ipc::ClockBackendKind;
+use strata_proto::ipc::{ClockBackendKind, KernelLeap};
 
 /// A change the policy has already allowed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -148,14 +148,13 @@ impl Backend {
 
     /// Arm or disarm the leap second (the kernel's, for the system clock; the model
     /// of the simulated clock has none: its leap is only reported).
-    pub fn set_leap(&mut self, leap: strata_proto::ipc::Leap) -> Result<(), String> {
-        use strata_proto::ipc::Leap;
+    pub fn set_leap(&mut self, leap: KernelLeap) -> Result<(), String> {
         match self {
             Backend::System(clock) => clock
                 .set_leap(match leap {
-                    Leap::None => None,
-                    Leap::InsertSecond => Some(true),
-                    Leap::DeleteSecond => Some(false),
+                    KernelLeap::None => None,
+                    KernelLeap::InsertSecond => Some(true),
+                    KernelLeap::DeleteSecond => Some(false),
                 })
                 .map_err(|e| format!("clock_adjtime: {e}")),
             // A PHC has no leap second of its own (it counts TAI or UTC as set).

@@ -25,7 +25,7 @@ use strata_policy::clock as limits;
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
     AdjusterToControl, AdjusterToEngine, ChildToSupervisor, ClockRequestKind, ClockStatus, ControlToAdjuster,
-    EXIT_DO_NOT_RESPAWN, EngineToAdjuster, Leap, Resource, Role, Settings,
+    EXIT_DO_NOT_RESPAWN, EngineToAdjuster, KernelLeap, Resource, Role, Settings,
 };
 use strata_sys::Capability;
 use tracing::{error, info, warn};
@@ -40,7 +40,7 @@ pub fn main() -> ExitCode {
 
 struct Adjuster {
     backend: Backend,
-    leap: Leap,
+    leap: KernelLeap,
     policy: ClockPolicy,
     /// Refusals logged in the current 10 s; a flood is summarised, not echoed.
     refusals_logged: u32,
@@ -144,7 +144,7 @@ impl Service for Adjuster {
         );
         Ok(Adjuster {
             backend,
-            leap: Leap::None,
+            leap: KernelLeap::None,
             policy: ClockPolicy::new(settings.steps_left, settings.automatic_steps_until_ns),
             refusals_logged: 0,
             refusals_since: Instant::now(),

@@ -14,8 +14,8 @@
 
 use std::net::IpAddr;
 
-use strata_proto::access::AccessList;
 use crate::{Burst, ClientLogLimit, Leak, NtpVersion, PollLog2, RateInterval, Stratum, UpstreamAddress};
+use strata_proto::access::AccessList;
 
 /// What became of a chrony.conf.
 #[derive(Clone, Debug, PartialEq, Eq)]

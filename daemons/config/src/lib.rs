@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use strata_proto::ipc::{ClockBackendKind, LogLevel, Role};
+use strata_proto::ipc::{ClockBackendKind, LeapSecMode, LogLevel, Role};
 use toml::Spanned;
 
 #[derive(Debug, thiserror::Error)]
@@ -553,16 +553,6 @@ pub struct ClockConfig {
     /// `step`, `slew` or `ignore`.
     #[serde(default)]
     pub leapsecmode: LeapSecMode,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LeapSecMode {
-    #[default]
-    System,
-    Step,
-    Slew,
-    Ignore,
 }
 
 fn default_minsources() -> u8 {

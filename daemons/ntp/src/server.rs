@@ -72,7 +72,7 @@ pub fn respond(
         return Err(Drop::Authenticated);
     }
 
-    let reference_ts = if state.reference_time.is_zero() && state.leap != LeapIndicator::Unsynchronized {
+    let reference_ts = if state.reference_time.is_zero() && state.leap != LeapIndicator::Unsynchronised {
         // A local reference: "last set" is now. One second back, as chrony does,
         // so that the reference time is never after the transmit time.
         NtpTimestamp::from_bits(receive_ts.to_bits().wrapping_sub(1 << 32))
@@ -119,7 +119,7 @@ mod tests {
 
     fn request(version: u8, mode: Mode) -> Header {
         Header {
-            leap: LeapIndicator::Unsynchronized,
+            leap: LeapIndicator::Unsynchronised,
             version,
             mode,
             stratum: 0,
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn unsynchronised_answer() {
         let reply = answer(&bytes(&request(4, Mode::Client)), &ServerState::unsynchronised()).unwrap();
-        assert_eq!(reply.leap, LeapIndicator::Unsynchronized);
+        assert_eq!(reply.leap, LeapIndicator::Unsynchronised);
         assert_eq!(reply.stratum, 0);
         assert_eq!(reply.reference_id, ReferenceId::ZERO);
         assert_eq!(reply.kiss_code(), None, "not a kiss-o'-death");

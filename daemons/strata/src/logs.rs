@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use strata_config::{LogKind, LogsConfig};
 use strata_proto::ipc::LogRecord;
+use strata_proto::ntp::LeapIndicator;
 
 const RULE: &str = "==================================================================================================";
 
@@ -79,12 +80,12 @@ impl Logs {
     }
 }
 
-fn leap_letter(leap: u8) -> char {
+fn leap_letter(leap: LeapIndicator) -> char {
     match leap {
-        0 => 'N',
-        1 => '+',
-        2 => '-',
-        _ => '?',
+        LeapIndicator::NoWarning => 'N',
+        LeapIndicator::InsertSecond => '+',
+        LeapIndicator::DeleteSecond => '-',
+        LeapIndicator::Unsynchronised => '?',
     }
 }
 
@@ -154,9 +155,11 @@ fn format(record: &LogRecord) -> Option<(LogKind, String)> {
                     date_time(time_unix_ns),
                     reference,
                     stratum,
-                    frequency_ppm,
+                    // chrony's columns: the clock's rate error (positive: fast) and
+                    // local − reference (positive: ahead), the negations of the record's.
+                    -frequency_ppm,
                     skew_ppm,
-                    offset_s,
+                    -offset_s,
                     leap_letter(leap),
                     root_delay_s,
                     root_dispersion_s
@@ -182,7 +185,7 @@ mod tests {
         LogRecord::Measurement {
             time_unix_ns: t,
             source: "127.0.0.1:123".parse().unwrap(),
-            leap: 0,
+            leap: LeapIndicator::NoWarning,
             stratum: 1,
             offset_s: -4.5e-6,
             delay_s: 1.0e-5,
@@ -234,6 +237,27 @@ mod tests {
     }
 
     #[test]
+    fn the_tracking_line_has_chronys_signs() {
+        // The discipline sped the clock up by 12.5 ppm (it ran slow) and the reference is
+        // 3 µs ahead of it: chrony writes a negative frequency and a negative offset.
+        let record = LogRecord::Tracking {
+            time_unix_ns: 0,
+            reference: Some("192.0.2.1:123".parse().unwrap()),
+            stratum: 2,
+            frequency_ppm: 12.5,
+            skew_ppm: 0.25,
+            offset_s: 3e-6,
+            leap: LeapIndicator::NoWarning,
+            root_delay_s: 1e-3,
+            root_dispersion_s: 2e-3,
+        };
+        let (kind, line) = format(&record).unwrap();
+        assert_eq!(kind, LogKind::Tracking);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&fields[2..8], ["192.0.2.1", "2", "-12.500", "0.250", "-3.0000e-6", "N"], "{line}");
+    }
+
+    #[test]
     fn records_with_non_finite_numbers_are_dropped() {
         let bad = LogRecord::Tracking {
             time_unix_ns: 0,
@@ -242,7 +266,7 @@ mod tests {
             frequency_ppm: f64::NAN,
             skew_ppm: 0.0,
             offset_s: 0.0,
-            leap: 0,
+            leap: LeapIndicator::NoWarning,
             root_delay_s: 0.0,
             root_dispersion_s: 0.0,
         };

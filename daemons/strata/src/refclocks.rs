@@ -121,7 +121,7 @@ pub fn ntp_settings(
         makestep: config.clock.makestep.map(|m| (m.threshold, m.limit)),
         minsources: config.clock.minsources,
         initial_frequency,
-        leap_sec_mode: config.clock.leapsecmode as u8,
+        leap_sec_mode: config.clock.leapsecmode,
         log_records: config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
         refclocks: source_settings(&config.refclock),
     }

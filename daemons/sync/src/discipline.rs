@@ -55,12 +55,15 @@
 //!   run faster (the sign of the kernel's `ADJ_FREQUENCY`; chrony's is the opposite).
 //! - `Step { offset_s }`: add `offset_s` to the clock now.
 //! - `SetLeap(leap)`: arm (or disarm) the kernel's leap second at the next midnight.
-//!   Never [`Leap::Unsynchronised`].
+//!   Never [`LeapIndicator::Unsynchronised`].
 
 use std::collections::VecDeque;
 use std::fmt;
 
-use crate::{Leap, LocalTime};
+use strata_proto::ipc::LeapSecMode;
+use strata_proto::ntp::LeapIndicator;
+
+use crate::LocalTime;
 
 /// chrony's default `maxslewrate`: 1/12, the most adjtimex's `tick` can slew.
 pub const DEFAULT_MAX_SLEW_RATE_PPM: f64 = 1e6 / 12.0;
@@ -101,21 +104,6 @@ pub struct MakeStep {
     pub threshold_s: f64,
     /// ...but only during the first `limit` clock updates; negative: always.
     pub limit: i32,
-}
-
-/// chrony's `leapsecmode` (chrony.conf(5)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum LeapSecMode {
-    /// The kernel inserts or deletes the second at midnight: [`ClockAction::SetLeap`].
-    #[default]
-    System,
-    /// The kernel is not told; the one-second offset that follows the leap is stepped
-    /// at the first update after midnight, whatever `makestep` says.
-    Step,
-    /// The kernel is not told; the offset that follows is slewed (at `maxslewrate`).
-    Slew,
-    /// The leap is not acted upon; the offset that follows is corrected like any other.
-    Ignore,
 }
 
 /// The discipline's settings, chrony's option names next to each.
@@ -211,7 +199,7 @@ pub struct ClockEstimate {
     /// Its error bound (root distance, RFC 5905 §11.2), seconds.
     pub root_distance_s: f64,
     /// The leap warning of the majority of the selected sources.
-    pub leap: Leap,
+    pub leap: LeapIndicator,
 }
 
 /// One request to the clock adjuster (`EngineToAdjuster`'s clock requests).
@@ -224,7 +212,7 @@ pub enum ClockAction {
     /// Set the frequency correction; positive makes the clock faster.
     SetFrequency { ppm: f64 },
     /// Arm or disarm the kernel's leap second (never `Unsynchronised`).
-    SetLeap(Leap),
+    SetLeap(LeapIndicator),
 }
 
 /// An estimate the discipline refuses.
@@ -309,7 +297,7 @@ pub struct Discipline {
     pending_slew: Option<PendingSlew>,
     last_update: Option<LocalTime>,
     /// What the adjuster was last told about the leap; `None`: nothing yet.
-    leap_sent: Option<Leap>,
+    leap_sent: Option<LeapIndicator>,
     /// The midnight at which an announced leap takes effect (`leapsecmode step|slew`).
     leap_at: Option<LocalTime>,
 }
@@ -578,13 +566,15 @@ impl Discipline {
         // chrony arms a leap only on the days one may happen (the last of June and of
         // December), so that a source with a stray LI cannot move the clock.
         let announced = match estimate.leap {
-            leap @ (Leap::InsertSecond | Leap::DeleteSecond) if is_leap_second_day(estimate.time) => leap,
-            _ => Leap::None,
+            leap @ (LeapIndicator::InsertSecond | LeapIndicator::DeleteSecond) if is_leap_second_day(estimate.time) => {
+                leap
+            }
+            _ => LeapIndicator::NoWarning,
         };
         let kernel_leap = match self.config.leap_sec_mode {
             LeapSecMode::System => announced,
             // The kernel must not act as well: it is told "none", once, as state.
-            LeapSecMode::Step | LeapSecMode::Slew | LeapSecMode::Ignore => Leap::None,
+            LeapSecMode::Step | LeapSecMode::Slew | LeapSecMode::Ignore => LeapIndicator::NoWarning,
         };
         if self.leap_sent != Some(kernel_leap) {
             actions.push(ClockAction::SetLeap(kernel_leap));
@@ -597,7 +587,9 @@ impl Discipline {
             step_now = self.config.leap_sec_mode == LeapSecMode::Step;
             self.leap_at = None;
         }
-        if announced != Leap::None && matches!(self.config.leap_sec_mode, LeapSecMode::Step | LeapSecMode::Slew) {
+        if announced != LeapIndicator::NoWarning
+            && matches!(self.config.leap_sec_mode, LeapSecMode::Step | LeapSecMode::Slew)
+        {
             self.leap_at = Some(next_midnight(estimate.time));
         }
         step_now
@@ -713,7 +705,7 @@ mod tests {
     }
 
     fn estimate(time: LocalTime, offset_s: f64) -> ClockEstimate {
-        ClockEstimate { time, offset_s, root_distance_s: 1e-3, leap: Leap::None }
+        ClockEstimate { time, offset_s, root_distance_s: 1e-3, leap: LeapIndicator::NoWarning }
     }
 
     fn config(make_step: Option<(f64, i32)>) -> DisciplineConfig {
@@ -744,7 +736,7 @@ mod tests {
             .collect()
     }
 
-    fn leaps(actions: &[ClockAction]) -> Vec<Leap> {
+    fn leaps(actions: &[ClockAction]) -> Vec<LeapIndicator> {
         actions.iter().filter_map(|a| if let ClockAction::SetLeap(leap) = a { Some(*leap) } else { None }).collect()
     }
 
@@ -784,7 +776,10 @@ mod tests {
     fn first_update_states_frequency_and_leap_and_only_measures() {
         let mut discipline = Discipline::new(config(None)).unwrap();
         let actions = discipline.update(estimate(at(0.0), 0.01)).unwrap();
-        assert_eq!(actions, vec![ClockAction::SetLeap(Leap::None), ClockAction::SetFrequency { ppm: 0.0 }]);
+        assert_eq!(
+            actions,
+            vec![ClockAction::SetLeap(LeapIndicator::NoWarning), ClockAction::SetFrequency { ppm: 0.0 }]
+        );
         assert_eq!(discipline.clock_updates(), 1);
         assert_eq!(discipline.skew_ppm(), UNKNOWN_SKEW_PPM);
 
@@ -1015,7 +1010,7 @@ mod tests {
         LocalTime(1_751_324_400 * NANOS_PER_SECOND)
     }
 
-    fn leap_estimate(time: LocalTime, offset_s: f64, leap: Leap) -> ClockEstimate {
+    fn leap_estimate(time: LocalTime, offset_s: f64, leap: LeapIndicator) -> ClockEstimate {
         ClockEstimate { leap, ..estimate(time, offset_s) }
     }
 
@@ -1024,24 +1019,25 @@ mod tests {
         assert!(is_leap_second_day(before_leap()));
         let mut discipline = Discipline::new(config(None)).unwrap();
         // A stray announcement two weeks early is not passed on.
-        let actions = discipline.update(leap_estimate(at(0.0), 0.0, Leap::InsertSecond)).unwrap();
-        assert_eq!(leaps(&actions), vec![Leap::None]);
-        let actions = discipline.update(leap_estimate(before_leap(), 0.0, Leap::InsertSecond)).unwrap();
-        assert_eq!(leaps(&actions), vec![Leap::InsertSecond]);
+        let actions = discipline.update(leap_estimate(at(0.0), 0.0, LeapIndicator::InsertSecond)).unwrap();
+        assert_eq!(leaps(&actions), vec![LeapIndicator::NoWarning]);
+        let actions = discipline.update(leap_estimate(before_leap(), 0.0, LeapIndicator::InsertSecond)).unwrap();
+        assert_eq!(leaps(&actions), vec![LeapIndicator::InsertSecond]);
         // State, sent on change only.
-        let actions =
-            discipline.update(leap_estimate(before_leap().add_seconds(64.0), 0.0, Leap::InsertSecond)).unwrap();
+        let actions = discipline
+            .update(leap_estimate(before_leap().add_seconds(64.0), 0.0, LeapIndicator::InsertSecond))
+            .unwrap();
         assert!(leaps(&actions).is_empty());
         // After midnight the sources drop the warning: disarmed. Unsynchronised is "none".
         let after = before_leap().add_seconds(3_700.0);
         assert_eq!(
-            leaps(&discipline.update(leap_estimate(after, 0.0, Leap::Unsynchronised)).unwrap()),
-            vec![Leap::None]
+            leaps(&discipline.update(leap_estimate(after, 0.0, LeapIndicator::Unsynchronised)).unwrap()),
+            vec![LeapIndicator::NoWarning]
         );
 
         let mut discipline = Discipline::new(config(None)).unwrap();
-        let actions = discipline.update(leap_estimate(before_leap(), 0.0, Leap::DeleteSecond)).unwrap();
-        assert_eq!(leaps(&actions), vec![Leap::DeleteSecond]);
+        let actions = discipline.update(leap_estimate(before_leap(), 0.0, LeapIndicator::DeleteSecond)).unwrap();
+        assert_eq!(leaps(&actions), vec![LeapIndicator::DeleteSecond]);
     }
 
     #[test]
@@ -1051,9 +1047,9 @@ mod tests {
         let mut sent = Vec::new();
         for update in 0..5 {
             let time = before_leap().add_seconds(64.0 * f64::from(update));
-            sent.extend(leaps(&discipline.update(leap_estimate(time, 0.0, Leap::InsertSecond)).unwrap()));
+            sent.extend(leaps(&discipline.update(leap_estimate(time, 0.0, LeapIndicator::InsertSecond)).unwrap()));
         }
-        assert_eq!(sent, vec![Leap::None]);
+        assert_eq!(sent, vec![LeapIndicator::NoWarning]);
     }
 
     #[test]
@@ -1064,13 +1060,13 @@ mod tests {
             let mut time = before_leap();
             let mut sent = Vec::new();
             for _ in 0..3 {
-                sent.extend(leaps(&discipline.update(leap_estimate(time, 0.0, Leap::InsertSecond)).unwrap()));
+                sent.extend(leaps(&discipline.update(leap_estimate(time, 0.0, LeapIndicator::InsertSecond)).unwrap()));
                 time = time.add_seconds(1300.0);
             }
-            assert_eq!(sent, vec![Leap::None], "{leap_sec_mode:?}: the kernel is never armed");
+            assert_eq!(sent, vec![LeapIndicator::NoWarning], "{leap_sec_mode:?}: the kernel is never armed");
             // Past midnight: the sources inserted the second, this clock did not.
             assert!(time > next_midnight(before_leap()));
-            let actions = discipline.update(leap_estimate(time, -1.0, Leap::None)).unwrap();
+            let actions = discipline.update(leap_estimate(time, -1.0, LeapIndicator::NoWarning)).unwrap();
             if expect_step {
                 assert_eq!(steps(&actions), vec![-1.0], "{actions:?}");
             } else {
@@ -1079,7 +1075,7 @@ mod tests {
             }
             // The allowance is spent: a later second is not stepped.
             let time = time.add_seconds(if expect_step { -1.0 } else { 0.0 } + 1300.0);
-            assert!(steps(&discipline.update(leap_estimate(time, -1.0, Leap::None)).unwrap()).is_empty());
+            assert!(steps(&discipline.update(leap_estimate(time, -1.0, LeapIndicator::NoWarning)).unwrap()).is_empty());
         }
     }
 
@@ -1315,7 +1311,7 @@ mod tests {
                 offset_s: clock.offset_s() + scenario.noise_s * rng.gaussian(),
                 // An error bound the noise stays inside (4 σ).
                 root_distance_s: 4.0 * scenario.noise_s,
-                leap: Leap::None,
+                leap: LeapIndicator::NoWarning,
             };
             run.offsets_s.push(clock.offset_s());
             run.intervals_s.push(last_time.map_or(0.0, |last| time.seconds_since(last)));
@@ -1508,7 +1504,7 @@ mod tests {
             let mut last: Option<LocalTime> = None;
             for (index, (interval_s, offset_s, root_distance_s)) in updates.into_iter().enumerate() {
                 time = time.add_seconds(interval_s);
-                let actions = discipline.update(ClockEstimate { time, offset_s, root_distance_s, leap: Leap::None }).unwrap();
+                let actions = discipline.update(ClockEstimate { time, offset_s, root_distance_s, leap: LeapIndicator::NoWarning }).unwrap();
                 for action in &actions {
                     match *action {
                         ClockAction::Step { offset_s: step } => {
@@ -1521,7 +1517,7 @@ mod tests {
                             prop_assert!(slew.abs() <= max_slew_rate_ppm * 1e-6 * interval_s * (1.0 + 1e-9) + 1e-9);
                         }
                         ClockAction::SetFrequency { ppm } => prop_assert!(ppm.abs() <= max_frequency_ppm),
-                        ClockAction::SetLeap(leap) => prop_assert_ne!(leap, Leap::Unsynchronised),
+                        ClockAction::SetLeap(leap) => prop_assert_ne!(leap, LeapIndicator::Unsynchronised),
                     }
                 }
                 prop_assert!(discipline.frequency_ppm().is_finite());

@@ -25,7 +25,8 @@
 
 use std::collections::VecDeque;
 
-use crate::{Leap, LocalTime, MAX_DRIFT_PPM, Sample};
+use crate::{LocalTime, MAX_DRIFT_PPM, Sample};
+use strata_proto::ntp::LeapIndicator;
 
 /// Dispersion of an empty filter slot (RFC 5905 MAXDISP), seconds.
 pub const MAX_DISPERSION_S: f64 = 16.0;
@@ -90,7 +91,7 @@ pub struct SourceEstimate {
     pub root_delay_s: f64,
     pub root_dispersion_s: f64,
     pub stratum: u8,
-    pub leap: Leap,
+    pub leap: LeapIndicator,
 }
 
 impl SourceEstimate {
@@ -278,7 +279,7 @@ mod tests {
             root_delay_s: 0.0,
             root_dispersion_s: 0.0,
             stratum: 1,
-            leap: Leap::None,
+            leap: LeapIndicator::NoWarning,
         }
     }
 
@@ -378,13 +379,13 @@ mod tests {
             root_delay_s: 0.3,
             root_dispersion_s: 0.4,
             stratum: 3,
-            leap: Leap::InsertSecond,
+            leap: LeapIndicator::InsertSecond,
             ..sample(1, 0.0, 0.5)
         });
         let estimate = filter.estimate(at(1)).unwrap();
         assert_eq!(estimate.delay_s, 0.001); // offset/delay still from the best sample
         assert_eq!((estimate.root_delay_s, estimate.root_dispersion_s), (0.3, 0.4));
-        assert_eq!((estimate.stratum, estimate.leap), (3, Leap::InsertSecond));
+        assert_eq!((estimate.stratum, estimate.leap), (3, LeapIndicator::InsertSecond));
     }
 
     #[test]
@@ -492,7 +493,7 @@ mod tests {
             root_delay_s: 0.1,
             root_dispersion_s: 0.05,
             stratum: 2,
-            leap: Leap::None,
+            leap: LeapIndicator::NoWarning,
         };
         let at_time = (0.1 + 0.02) / 2.0 + 0.05 + 0.003 + 0.004;
         assert!((estimate.root_distance_s(at(0)) - at_time).abs() < 1e-12);

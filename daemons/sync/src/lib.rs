@@ -19,6 +19,8 @@ pub mod serving;
 pub mod source;
 pub mod timekeeper;
 
+use strata_proto::ntp::LeapIndicator;
+
 /// A reading of the local (disciplined) clock: ns since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LocalTime(pub i64);
@@ -53,17 +55,6 @@ impl Monotonic {
     }
 }
 
-/// Leap-second warning carried by a source (RFC 5905 LI).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Leap {
-    #[default]
-    None,
-    InsertSecond,
-    DeleteSecond,
-    /// The source says it is not synchronised (LI = 3).
-    Unsynchronised,
-}
-
 /// Identifies a source (an NTP server or a refclock) within one engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceId(pub u32);
@@ -84,7 +75,7 @@ pub struct Sample {
     pub root_dispersion_s: f64,
     /// The source's stratum (for a refclock, the configured one minus one: 0).
     pub stratum: u8,
-    pub leap: Leap,
+    pub leap: LeapIndicator,
 }
 
 /// chrony's per-source selection options (`server ... prefer noselect trust require`).

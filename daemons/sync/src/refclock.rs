@@ -23,7 +23,8 @@ use std::collections::VecDeque;
 use strata_proto::ipc::RefclockSourceSettings;
 
 use crate::filter::{ClockFilter, FilterConfig};
-use crate::{Leap, LocalTime, Monotonic, Sample};
+use crate::{LocalTime, Monotonic, Sample};
+use strata_proto::ntp::LeapIndicator;
 
 /// chrony's default refclock `filter` length.
 pub const DEFAULT_MEDIAN_LENGTH: usize = 64;
@@ -261,7 +262,7 @@ impl RefclockSource {
                     root_delay_s: 0.0,
                     root_dispersion_s: 0.0,
                     stratum: self.settings.stratum,
-                    leap: Leap::None,
+                    leap: LeapIndicator::NoWarning,
                 });
                 self.last_update = Some(now);
                 RefclockEvent::Filtered

@@ -26,7 +26,8 @@
 //! add hysteresis on top. Reachability is the caller's boolean.
 
 use crate::filter::SourceEstimate;
-use crate::{Leap, LocalTime, SelectOptions, SourceId};
+use crate::{LocalTime, SelectOptions, SourceId};
+use strata_proto::ntp::LeapIndicator;
 
 /// RFC 5905 MAXSTRAT: stratum 16 means unsynchronised.
 pub const MAX_STRATUM: u8 = 16;
@@ -71,7 +72,7 @@ impl Default for SelectionConfig {
 /// Why a source that passed the pre-filter did not take part in a selection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnselectableReason {
-    /// Leap LI = 3 or stratum ≥ 16.
+    /// LeapIndicator LI = 3 or stratum ≥ 16.
     Unsynchronised,
     /// Not more than half of the sources (or of the trusted ones) agree: chronyc shows
     /// all of them as falsetickers.
@@ -150,7 +151,7 @@ pub struct SystemEstimate {
     pub stratum: u8,
     pub reference: SourceId,
     /// Majority vote of the truechimers (of the trusted ones, if trusted ones agree).
-    pub leap: Leap,
+    pub leap: LeapIndicator,
 }
 
 /// The outcome of one selection round.
@@ -233,7 +234,7 @@ pub fn select(candidates: &[Candidate], now: LocalTime, config: &SelectionConfig
         return finish(marks, selection);
     }
 
-    // Leap vote (chrony: truechimers, only the trusted ones if trusted ones agree),
+    // LeapIndicator vote (chrony: truechimers, only the trusted ones if trusted ones agree),
     // before `prefer` narrows the list.
     let voters: Vec<usize> =
         truechimers.iter().copied().filter(|&i| agreement.trusted.is_none() || candidates[i].options.trust).collect();
@@ -307,7 +308,7 @@ fn prefilter(candidate: &Candidate, now: LocalTime, config: &SelectionConfig) ->
         Some(SourceState::NoSelect)
     } else if !candidate.reachable {
         Some(SourceState::NotReachable)
-    } else if estimate.leap == Leap::Unsynchronised || estimate.stratum >= MAX_STRATUM {
+    } else if estimate.leap == LeapIndicator::Unsynchronised || estimate.stratum >= MAX_STRATUM {
         Some(SourceState::Unselectable(UnselectableReason::Unsynchronised))
     } else if !(estimate.root_distance_s(now) <= config.max_distance_s && lo <= hi) {
         // Written so that NaN fails too.
@@ -393,23 +394,23 @@ fn intersect(selectable: &[usize], candidates: &[Candidate], intervals: &[(f64, 
     })
 }
 
-/// Leap announcement carried by more than half of the voters (RFC 5905 / chrony).
-fn leap_vote(leaps: impl Iterator<Item = Leap>) -> Leap {
+/// LeapIndicator announcement carried by more than half of the voters (RFC 5905 / chrony).
+fn leap_vote(leaps: impl Iterator<Item = LeapIndicator>) -> LeapIndicator {
     let (mut voters, mut insert, mut delete) = (0usize, 0usize, 0usize);
     for leap in leaps {
         voters += 1;
         match leap {
-            Leap::InsertSecond => insert += 1,
-            Leap::DeleteSecond => delete += 1,
-            Leap::None | Leap::Unsynchronised => {}
+            LeapIndicator::InsertSecond => insert += 1,
+            LeapIndicator::DeleteSecond => delete += 1,
+            LeapIndicator::NoWarning | LeapIndicator::Unsynchronised => {}
         }
     }
     if 2 * insert > voters {
-        Leap::InsertSecond
+        LeapIndicator::InsertSecond
     } else if 2 * delete > voters {
-        Leap::DeleteSecond
+        LeapIndicator::DeleteSecond
     } else {
-        Leap::None
+        LeapIndicator::NoWarning
     }
 }
 
@@ -435,7 +436,7 @@ mod tests {
                 root_delay_s: 0.0,
                 root_dispersion_s: distance_s,
                 stratum: 1,
-                leap: Leap::None,
+                leap: LeapIndicator::NoWarning,
             },
             reachable: true,
         }
@@ -633,7 +634,7 @@ mod tests {
         let mut jittery = source(3, 0.0, 0.001);
         jittery.estimate.jitter_s = 1.5;
         let mut unsynchronised = source(4, 0.0, 0.001);
-        unsynchronised.estimate.leap = Leap::Unsynchronised;
+        unsynchronised.estimate.leap = LeapIndicator::Unsynchronised;
         let mut stratum_16 = source(5, 0.0, 0.001);
         stratum_16.estimate.stratum = 16;
         let mut nan = source(6, 0.0, 0.001);
@@ -712,7 +713,7 @@ mod tests {
             root_delay_s: 0.020,
             root_dispersion_s: 0.004,
             stratum: 2,
-            leap: Leap::None,
+            leap: LeapIndicator::NoWarning,
         };
         let combined = run(&[peer]).combined.unwrap();
         assert_eq!(combined.reference, SourceId(1));
@@ -728,35 +729,38 @@ mod tests {
 
     #[test]
     fn leap_is_a_majority_vote_of_truechimers() {
-        let leap = |mut candidate: Candidate, leap: Leap| {
+        let leap = |mut candidate: Candidate, leap: LeapIndicator| {
             candidate.estimate.leap = leap;
             candidate
         };
         let two_of_three = [
-            leap(source(1, 0.0, 0.002), Leap::InsertSecond),
-            leap(source(2, 0.0001, 0.002), Leap::InsertSecond),
+            leap(source(1, 0.0, 0.002), LeapIndicator::InsertSecond),
+            leap(source(2, 0.0001, 0.002), LeapIndicator::InsertSecond),
             source(3, 0.0002, 0.002),
         ];
-        assert_eq!(run(&two_of_three).combined.unwrap().leap, Leap::InsertSecond);
+        assert_eq!(run(&two_of_three).combined.unwrap().leap, LeapIndicator::InsertSecond);
 
-        let one_of_three =
-            [leap(source(1, 0.0, 0.002), Leap::InsertSecond), source(2, 0.0001, 0.002), source(3, 0.0002, 0.002)];
-        assert_eq!(run(&one_of_three).combined.unwrap().leap, Leap::None);
+        let one_of_three = [
+            leap(source(1, 0.0, 0.002), LeapIndicator::InsertSecond),
+            source(2, 0.0001, 0.002),
+            source(3, 0.0002, 0.002),
+        ];
+        assert_eq!(run(&one_of_three).combined.unwrap().leap, LeapIndicator::NoWarning);
 
-        let tie = [leap(source(1, 0.0, 0.002), Leap::DeleteSecond), source(2, 0.0001, 0.002)];
-        assert_eq!(run(&tie).combined.unwrap().leap, Leap::None);
+        let tie = [leap(source(1, 0.0, 0.002), LeapIndicator::DeleteSecond), source(2, 0.0001, 0.002)];
+        assert_eq!(run(&tie).combined.unwrap().leap, LeapIndicator::NoWarning);
 
         // A falseticker's announcement does not count, a non-combined truechimer's does.
         let votes = [
-            leap(source(1, 0.0, 0.001), Leap::DeleteSecond),
-            leap(source(2, 0.0001, 0.0099), Leap::DeleteSecond),
+            leap(source(1, 0.0, 0.001), LeapIndicator::DeleteSecond),
+            leap(source(2, 0.0001, 0.0099), LeapIndicator::DeleteSecond),
             source(3, 0.0002, 0.001),
-            leap(source(4, 0.5, 0.001), Leap::InsertSecond),
+            leap(source(4, 0.5, 0.001), LeapIndicator::InsertSecond),
         ];
         let selection = run(&votes);
         assert_eq!(state(&selection, 4), SourceState::Falseticker);
         assert_eq!(state(&selection, 2), SourceState::NotCombined(NotCombinedReason::Distant));
-        assert_eq!(selection.combined.unwrap().leap, Leap::DeleteSecond);
+        assert_eq!(selection.combined.unwrap().leap, LeapIndicator::DeleteSecond);
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl ServerState {
     /// reference time, root delay and dispersion of 1 s), which clients already know.
     pub fn unsynchronised() -> ServerState {
         ServerState {
-            leap: LeapIndicator::Unsynchronized,
+            leap: LeapIndicator::Unsynchronised,
             stratum: 0,
             reference_id: ReferenceId::ZERO,
             reference_time: NtpTimestamp::ZERO,

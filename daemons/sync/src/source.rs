@@ -76,7 +76,7 @@
 use strata_proto::ntp::{Header, KissCode, LeapIndicator, Mode, NtpShort, NtpTimestamp, Packet, ReferenceId};
 
 use crate::filter::MAX_DISPERSION_S;
-use crate::{Leap, LocalTime, MAX_DRIFT_PPM, Sample, SelectOptions, SourceId};
+use crate::{LocalTime, MAX_DRIFT_PPM, Sample, SelectOptions, SourceId};
 
 /// Smallest `minpoll`/`maxpoll` chrony accepts (1/128 s; chrony ≥ 4.3, `MIN_POLL`).
 pub const MIN_POLL_LOG2: i8 = -7;
@@ -556,7 +556,7 @@ impl NtpSource {
                 None => Response::Ignored(UnknownKissCode),
             };
         }
-        if header.leap == LeapIndicator::Unsynchronized || header.stratum >= crate::selection::MAX_STRATUM {
+        if header.leap == LeapIndicator::Unsynchronised || header.stratum >= crate::selection::MAX_STRATUM {
             return Response::Ignored(Unsynchronised);
         }
         if header.receive_ts.is_zero() || header.transmit_ts.is_zero() {
@@ -601,12 +601,7 @@ impl NtpSource {
             root_delay_s,
             root_dispersion_s,
             stratum: header.stratum,
-            leap: match header.leap {
-                LeapIndicator::NoWarning => Leap::None,
-                LeapIndicator::InsertSecond => Leap::InsertSecond,
-                LeapIndicator::DeleteSecond => Leap::DeleteSecond,
-                LeapIndicator::Unsynchronized => Leap::Unsynchronised,
-            },
+            leap: header.leap,
         };
         self.adapt_poll(&sample);
         Response::Sample(sample)
@@ -927,7 +922,7 @@ mod tests {
         let expected_dispersion_s = 2f64.powi(-20) + 1e-7 + 15e-6 * local_interval_s;
         assert!((sample.dispersion_s - expected_dispersion_s).abs() < 1e-12);
         assert_eq!(sample.stratum, 1);
-        assert_eq!(sample.leap, Leap::None);
+        assert_eq!(sample.leap, LeapIndicator::NoWarning);
         assert_eq!(sample.root_delay_s, 0.0);
         assert_eq!(sample.root_dispersion_s, NtpShort::from_seconds(0.0001).to_seconds());
         assert!(source.reachable());
@@ -970,7 +965,7 @@ mod tests {
         server.header.root_delay = NtpShort::from_seconds(0.025);
         let mut source = NtpSource::new(SourceId(1), options(), START, 0);
         let sample = expect_sample(exchange(&mut source, &server, START, 1));
-        assert_eq!(sample.leap, Leap::InsertSecond);
+        assert_eq!(sample.leap, LeapIndicator::InsertSecond);
         assert_eq!(sample.stratum, 2);
         assert_eq!(sample.root_delay_s, NtpShort::from_seconds(0.025).to_seconds());
     }
@@ -1017,7 +1012,7 @@ mod tests {
                 h.stratum = 0;
                 h.reference_id = ReferenceId::ZERO;
             }),
-            (Unsynchronised, |h| h.leap = LeapIndicator::Unsynchronized),
+            (Unsynchronised, |h| h.leap = LeapIndicator::Unsynchronised),
             (Unsynchronised, |h| h.stratum = 16),
             (Unsynchronised, |h| h.stratum = 255),
             (ZeroTimestamp, |h| h.receive_ts = NtpTimestamp::ZERO),
@@ -1128,7 +1123,7 @@ mod tests {
         let request = poll(source, now, now.0 as u64 | 1);
         let mut server = Server::new(0.0, 0.01);
         server.header.stratum = 0;
-        server.header.leap = LeapIndicator::Unsynchronized;
+        server.header.leap = LeapIndicator::Unsynchronised;
         server.header.reference_id = code.reference_id();
         let (reply, t4) = server.reply(&request, now);
         source.handle_response(&reply, t4)

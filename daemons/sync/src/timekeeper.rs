@@ -18,18 +18,18 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use strata_proto::ipc::{
-    EngineToAdjuster, Failover, Leap as WireLeap, LogRecord, MAX_FAILOVERS, MAX_SOURCES, NtpSettings,
-    RefclockSourceSettings, SourceStatus, TrackingStatus, UpstreamSettings,
+    EngineToAdjuster, Failover, KernelLeap, LogRecord, MAX_FAILOVERS, MAX_SOURCES, NtpSettings, RefclockSourceSettings,
+    SourceStatus, TrackingStatus, UpstreamSettings,
 };
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 
-use crate::discipline::{ClockAction, ClockEstimate, ConfigError, Discipline, DisciplineConfig, LeapSecMode, MakeStep};
+use crate::discipline::{ClockAction, ClockEstimate, ConfigError, Discipline, DisciplineConfig, MakeStep};
 use crate::filter::{ClockFilter, FilterConfig};
 use crate::refclock::{RawSample, RefclockEvent, RefclockSource};
 use crate::selection::{Candidate, Selection, SelectionConfig, select};
 use crate::serving::ServerState;
 use crate::source::{IgnoreReason, NtpSource, Response, ServerOptions};
-use crate::{Leap, LocalTime, Monotonic, Sample, SelectOptions, SourceId};
+use crate::{LocalTime, Monotonic, Sample, SelectOptions, SourceId};
 
 /// At start-up, selection waits (up to this long) until a majority of the
 /// configured sources have samples: otherwise whichever source answers first,
@@ -69,12 +69,7 @@ impl TimekeeperConfig {
             make_step: settings.makestep.map(|(threshold_s, limit)| MakeStep { threshold_s, limit }),
             max_slew_rate_ppm,
             max_frequency_ppm,
-            leap_sec_mode: match settings.leap_sec_mode {
-                1 => LeapSecMode::Step,
-                2 => LeapSecMode::Slew,
-                3 => LeapSecMode::Ignore,
-                _ => LeapSecMode::System,
-            },
+            leap_sec_mode: settings.leap_sec_mode,
             ..DisciplineConfig::default()
         })?;
         if let Some((ppm, skew_ppm)) = settings.initial_frequency {
@@ -260,7 +255,7 @@ impl Timekeeper {
             actions.push(Action::Log(LogRecord::Measurement {
                 time_unix_ns: sample.time.0,
                 source: u.address,
-                leap: leap_code(sample.leap),
+                leap: sample.leap,
                 stratum: sample.stratum,
                 offset_s: sample.offset_s,
                 delay_s: sample.delay_s,
@@ -431,11 +426,11 @@ impl Timekeeper {
             // chronyc's sign: local clock − reference.
             offset_s: -system.offset_s,
             rms_offset_s: self.mean_square_offset.sqrt(),
-            frequency_ppm: self.clock_rate_error_ppm(),
+            rate_error_ppm: self.clock_rate_error_ppm(),
             skew_ppm: self.discipline.skew_ppm(),
             root_delay_s: system.root_delay_s,
             root_dispersion_s: system.root_dispersion_s,
-            leap: leap_code(system.leap),
+            leap: system.leap,
             synchronised: true,
         };
         if self.operator_step {
@@ -458,7 +453,7 @@ impl Timekeeper {
                 frequency_ppm: self.discipline.frequency_ppm(),
                 skew_ppm: self.discipline.skew_ppm(),
                 offset_s: system.offset_s,
-                leap: leap_code(system.leap),
+                leap: system.leap,
                 root_delay_s: system.root_delay_s,
                 root_dispersion_s: system.root_dispersion_s,
             }));
@@ -510,12 +505,7 @@ impl Timekeeper {
     fn publish(&mut self, selection: &Selection, clock: LocalTime, actions: &mut Vec<Action>) {
         let state = match (&selection.combined, selection.system_peer) {
             (Some(system), Some(peer)) => ServerState {
-                leap: match system.leap {
-                    Leap::None => LeapIndicator::NoWarning,
-                    Leap::InsertSecond => LeapIndicator::InsertSecond,
-                    Leap::DeleteSecond => LeapIndicator::DeleteSecond,
-                    Leap::Unsynchronised => LeapIndicator::Unsynchronized,
-                },
+                leap: system.leap,
                 stratum: system.stratum,
                 reference_id: self.reference_id(peer),
                 reference_time: NtpTimestamp::from_unix_ns(clock.0),
@@ -536,7 +526,7 @@ impl Timekeeper {
     /// reference) with a root distance below `distance_s`.
     fn synchronised_within(&self, distance_s: f64) -> bool {
         let s = &self.serving;
-        s.leap != LeapIndicator::Unsynchronized && s.root_delay_s / 2.0 + s.root_dispersion_s < distance_s
+        s.leap != LeapIndicator::Unsynchronised && s.root_delay_s / 2.0 + s.root_dispersion_s < distance_s
     }
 
     fn reference_id(&self, id: SourceId) -> ReferenceId {
@@ -570,7 +560,7 @@ impl Timekeeper {
                 reference_id: ReferenceId::LOCL.to_bits(),
                 stratum: stratum.clamp(1, 15),
                 reference_time_unix_ns: clock.0,
-                frequency_ppm: self.clock_rate_error_ppm(),
+                rate_error_ppm: self.clock_rate_error_ppm(),
                 skew_ppm: self.discipline.skew_ppm(),
                 synchronised: true,
                 ..TrackingStatus::default()
@@ -676,9 +666,9 @@ pub fn adjuster_request(action: ClockAction) -> EngineToAdjuster {
         ClockAction::Slew { offset_s } => EngineToAdjuster::Slew { offset_s },
         ClockAction::SetFrequency { ppm } => EngineToAdjuster::SetFrequency { ppm },
         ClockAction::SetLeap(leap) => EngineToAdjuster::SetLeap(match leap {
-            Leap::InsertSecond => WireLeap::InsertSecond,
-            Leap::DeleteSecond => WireLeap::DeleteSecond,
-            Leap::None | Leap::Unsynchronised => WireLeap::None,
+            LeapIndicator::InsertSecond => KernelLeap::InsertSecond,
+            LeapIndicator::DeleteSecond => KernelLeap::DeleteSecond,
+            LeapIndicator::NoWarning | LeapIndicator::Unsynchronised => KernelLeap::None,
         }),
     }
 }
@@ -699,16 +689,6 @@ pub fn server_options(u: &UpstreamSettings) -> ServerOptions {
 pub fn refid_name(refid: [u8; 4]) -> String {
     let id = ReferenceId::from_bytes(refid);
     id.ascii().map_or_else(|| format!("{:08X}", id.to_bits()), str::to_string)
-}
-
-/// The wire's leap code: 0 none, 1 insert, 2 delete, 3 unsynchronised.
-pub fn leap_code(leap: Leap) -> u8 {
-    match leap {
-        Leap::None => 0,
-        Leap::InsertSecond => 1,
-        Leap::DeleteSecond => 2,
-        Leap::Unsynchronised => 3,
-    }
 }
 
 #[cfg(test)]
@@ -882,7 +862,7 @@ mod tests {
             makestep: Some((1.0, 3)),
             minsources: 1,
             initial_frequency: None,
-            leap_sec_mode: 0,
+            leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
             log_records: false,
             refclocks,
         };
@@ -895,7 +875,7 @@ mod tests {
             World::new(config((1..=3).map(|n| upstream(n, true)).collect(), vec![]), 0.0, vec![Some(0.0), None, None]);
         world.run(10);
         assert!(world.system.sources(world.clock_at(10.0), world.now())[0].samples >= 4);
-        assert_eq!(world.served().leap, LeapIndicator::Unsynchronized, "one of three selected before the quorum");
+        assert_eq!(world.served().leap, LeapIndicator::Unsynchronised, "one of three selected before the quorum");
         world.run(30);
         assert_eq!(world.served().leap, LeapIndicator::NoWarning);
         assert_eq!(world.served().reference_id, ReferenceId::from_ip(upstream(1, true).address.ip()));
@@ -975,7 +955,7 @@ mod tests {
         let mut world = World::new(config(vec![], vec![pps]), 0.0, vec![]);
         world.refclock = Some(0.0);
         world.run(30);
-        assert_eq!(world.served().leap, LeapIndicator::Unsynchronized);
+        assert_eq!(world.served().leap, LeapIndicator::Unsynchronised);
         assert_eq!(world.system.sources(world.clock_at(world.true_s), world.now())[0].samples, 0);
     }
 }

@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(c.frequency_error_ppm(), -5.0);
         c.advance(100.0, &mut rng);
         assert!(close(c.offset_s(), 500e-6));
-        assert_eq!(c.apply(ClockAction::SetLeap(strata_sync::Leap::InsertSecond)), Applied::Ignored);
+        assert_eq!(c.apply(ClockAction::SetLeap(strata_proto::ntp::LeapIndicator::InsertSecond)), Applied::Ignored);
     }
 
     #[test]

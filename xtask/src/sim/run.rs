@@ -143,7 +143,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: bool) -> Result<Outcome, Strin
         makestep: Some((1.0, 3)),
         minsources: 1,
         initial_frequency: None,
-        leap_sec_mode: 0,
+        leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
         log_records: false,
         refclocks: Vec::new(),
     };
@@ -204,7 +204,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: bool) -> Result<Outcome, Strin
             let first = outcome.falseticker_polls.map_or(polls, |(first, _)| first);
             outcome.falseticker_polls = Some((first, polls));
         }
-        if system.serving().leap == strata_proto::ntp::LeapIndicator::Unsynchronized {
+        if system.serving().leap == strata_proto::ntp::LeapIndicator::Unsynchronised {
             outcome.unsynchronised_polls += 1;
         }
         let frequency_error_ppm = finite("the frequency error", clock.frequency_error_ppm())?;
