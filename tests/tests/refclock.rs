@@ -53,12 +53,13 @@ fn a_sock_feed_makes_strata_stratum_1_and_its_offset_is_tracked() {
     let _appliance = Appliance::start_with_clock("sock-refclock", Some(&server), "backend = \"none\"");
     let _feed = SockFeeder::start(&sock, 0.000_25, Duration::from_millis(200));
     wait_for_answer(port, "stratum 1 from the refclock", Duration::from_secs(10), |s, r| s == 1 && r == GPS);
-    // The offset strata measured is the feed's (no jitter in this feed).
+    // The offset strata measured is the feed's (no jitter in this feed); the log has
+    // chrony's sign, local − reference: the feed's reference is 250 µs ahead.
     std::thread::sleep(Duration::from_secs(1));
     let tracking = std::fs::read_to_string(logs.join("tracking.log")).unwrap();
     let last = tracking.lines().last().unwrap();
     let offset: f64 = last.split_whitespace().nth(6).unwrap().parse().unwrap();
-    assert!((offset - 0.000_25).abs() < 2e-6, "tracking says {offset} s: {last}");
+    assert!((offset + 0.000_25).abs() < 2e-6, "tracking says {offset} s: {last}");
 }
 
 #[test]
@@ -269,7 +270,9 @@ fn chronyd_reading_the_same_feed_reports_the_same_offset() {
     let chrony = last(&samples, 6);
     let strata = last(&std::fs::read_to_string(logs.join("tracking.log")).unwrap(), 6);
     assert!((chrony - 0.000_37).abs() < 2e-6, "chronyd's raw offset {chrony}");
-    assert!((strata - chrony).abs() < 2e-6, "strata {strata} s, chronyd {chrony} s");
+    // refclocks.log has reference − local, tracking.log (chrony's and strata's) the
+    // local clock's offset, local − reference.
+    assert!((-strata - chrony).abs() < 2e-6, "strata {strata} s, chronyd {chrony} s");
 }
 
 #[test]
