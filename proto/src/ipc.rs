@@ -585,7 +585,8 @@ pub enum TlsFile {
 pub enum EngineToAdjuster {
     Hello(Hello),
     ReadStatus,
-    /// Correct this offset gradually (positive: the clock is behind).
+    /// Correct this offset gradually (positive: the clock is behind), at the rate
+    /// [`slew_rate_ppm`] gives; it replaces any slew in progress.
     Slew {
         offset_s: f64,
     },
@@ -600,6 +601,19 @@ pub enum EngineToAdjuster {
     SetLeap(KernelLeap),
 }
 channel!(EngineToAdjuster: Ntp -> Adjust);
+
+/// The shortest slew, seconds. The adjuster slews by running the clock's frequency off
+/// its correction and ends the slew on a timer (the kernel's adjtime slew has a
+/// resolution of 1 µs, too coarse to correct sub-microsecond offsets): a slew of at
+/// least a second keeps a timer's millisecond lateness below 0.1 % of the offset.
+pub const MIN_SLEW_DURATION_S: f64 = 1.0;
+
+/// The rate (ppm, unsigned) at which the adjuster slews `offset_s`: `max_rate_ppm`,
+/// or slower so that the slew lasts [`MIN_SLEW_DURATION_S`]. The engine models the
+/// slew's progress with the same rule.
+pub fn slew_rate_ppm(offset_s: f64, max_rate_ppm: f64) -> f64 {
+    (offset_s.abs() / MIN_SLEW_DURATION_S * 1e6).min(max_rate_ppm)
+}
 
 /// Adjuster → engine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,8 +3,10 @@
 //! - `simulated`: the model file of `strata_proto::clock_model`, handed over by the
 //!   supervisor; a change rewrites the model, every process reads time from it;
 //! - `system`: CLOCK_REALTIME through clock_adjtime(2) (`strata_sys::KernelClock`):
-//!   slews with the kernel's adjtime (500 ppm, the policy's rate), frequency with
-//!   ADJ_FREQUENCY, steps with ADJ_SETOFFSET. The tests only ever read this clock
+//!   frequency with ADJ_FREQUENCY, slews by running that frequency off the correction
+//!   until a timer ends the slew (as chrony does; the kernel's adjtime works in whole
+//!   microseconds, which would leave every sub-microsecond offset uncorrected), steps
+//!   with ADJ_SETOFFSET. The tests only ever read this clock
 //!   (modes = 0); README says how to check the writing side on a machine of one's own.
 
 use std::fs::File;
@@ -14,10 +16,15 @@ use std::os::unix::fs::FileExt;
 use strata_proto::clock_model::{ClockModel, RECORD_LEN};
 use strata_proto::ipc::{ClockBackendKind, KernelLeap};
 
+/// The most the kernel lets a clock's frequency be off, ppm (adjtimex `MAXFREQ`):
+/// the correction and a slew together stay inside it.
+pub const KERNEL_MAX_FREQUENCY_PPM: f64 = 500.0;
+
 /// A change the policy has already allowed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Change {
-    /// Correct `offset_s` gradually at `rate_ppm`, replacing any slew in progress.
+    /// Correct `offset_s` gradually at up to `rate_ppm` (`ipc::slew_rate_ppm`),
+    /// replacing any slew in progress.
     Slew { offset_s: f64, rate_ppm: f64 },
     /// Set the frequency correction.
     Frequency { ppm: f64 },
@@ -27,14 +34,13 @@ pub enum Change {
 
 pub enum Backend {
     None,
-    System(strata_sys::KernelClock),
-    Phc(PhcClock<strata_sys::KernelClock>),
+    System(SlewedClock<strata_sys::KernelClock>),
+    Phc(SlewedClock<strata_sys::KernelClock>),
     Simulated(SimulatedClock),
 }
 
-/// The clock operations a PHC offers through clock_adjtime: it has a frequency
-/// and can be stepped, but no adjtime-style slew (ADJ_OFFSET_SINGLESHOT is for
-/// CLOCK_REALTIME only).
+/// The clock operations slewing needs from clock_adjtime: a frequency and a step
+/// (a PHC has no adjtime-style slew at all; CLOCK_REALTIME's is too coarse).
 pub trait TunableClock {
     fn set_frequency(&self, ppm: f64) -> std::io::Result<()>;
     fn step(&self, offset_s: f64) -> std::io::Result<()>;
@@ -49,9 +55,10 @@ impl TunableClock for strata_sys::KernelClock {
     }
 }
 
-/// A PHC, slewed the way phc2sys does it: by running its frequency `rate` ppm off
-/// the set one until the offset is corrected, then back.
-pub struct PhcClock<C> {
+/// A kernel clock slewed the way chrony and phc2sys do it: by running its frequency
+/// `rate` ppm off the set one until the offset is corrected, then back (the caller's
+/// timer calls [`SlewedClock::end_slew`] at [`SlewedClock::slew_end_ns`]).
+pub struct SlewedClock<C> {
     clock: C,
     /// Keeps the device open: the dynamic clock id is only valid while it is.
     _device: Option<OwnedFd>,
@@ -61,9 +68,18 @@ pub struct PhcClock<C> {
     slew: Option<(f64, i64)>,
 }
 
-impl<C: TunableClock> PhcClock<C> {
-    pub fn new(clock: C, device: Option<OwnedFd>, frequency_ppm: f64) -> PhcClock<C> {
-        PhcClock { clock, _device: device, frequency_ppm, slew: None }
+impl<C: TunableClock> SlewedClock<C> {
+    pub fn new(clock: C, device: Option<OwnedFd>, frequency_ppm: f64) -> SlewedClock<C> {
+        SlewedClock { clock, _device: device, frequency_ppm, slew: None }
+    }
+
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The frequency correction asked for, ppm (without a slew in progress).
+    pub fn frequency_ppm(&self) -> f64 {
+        self.frequency_ppm
     }
 
     fn apply(&mut self, change: Change, now_ns: i64) -> std::io::Result<()> {
@@ -71,17 +87,23 @@ impl<C: TunableClock> PhcClock<C> {
             Change::Frequency { ppm } => {
                 self.frequency_ppm = ppm;
                 let slewing = self.slew.map_or(0.0, |(rate, _)| rate);
-                self.clock.set_frequency(ppm + slewing)
+                self.clock.set_frequency((ppm + slewing).clamp(-KERNEL_MAX_FREQUENCY_PPM, KERNEL_MAX_FREQUENCY_PPM))
             }
             Change::Step { offset_s } => {
                 self.clock.step(offset_s)?;
                 self.end_slew()
             }
             Change::Slew { offset_s, rate_ppm } => {
-                let rate = rate_ppm.copysign(offset_s);
-                let end = now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9) as i64;
-                self.slew = Some((rate, end));
-                self.clock.set_frequency(self.frequency_ppm + rate)
+                if offset_s == 0.0 {
+                    return self.end_slew();
+                }
+                // What the kernel's limit leaves of the rate on this side (at least a
+                // little: a correction at the limit must still be slewable back).
+                let room_ppm = (KERNEL_MAX_FREQUENCY_PPM - self.frequency_ppm.copysign(offset_s)).max(1.0);
+                let rate_ppm = strata_proto::ipc::slew_rate_ppm(offset_s, rate_ppm).min(room_ppm);
+                let end = now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9).round() as i64;
+                self.slew = Some((rate_ppm.copysign(offset_s), end));
+                self.clock.set_frequency(self.frequency_ppm + rate_ppm.copysign(offset_s))
             }
         }
     }
@@ -111,14 +133,14 @@ impl Backend {
             (ClockBackendKind::Phc, Some(device)) => {
                 let clock = strata_sys::KernelClock::of_phc(&device);
                 let state = clock.read().map_err(|e| format!("not a PTP hardware clock: {e}"))?;
-                Ok(Backend::Phc(PhcClock::new(clock, Some(device), state.frequency_ppm)))
+                Ok(Backend::Phc(SlewedClock::new(clock, Some(device), state.frequency_ppm)))
             }
             (ClockBackendKind::Phc, None) => Err("the phc backend needs its device".into()),
             (ClockBackendKind::None, None) => Ok(Backend::None),
             (ClockBackendKind::System, None) => {
                 let clock = strata_sys::KernelClock::realtime();
-                clock.read().map_err(|e| format!("reading CLOCK_REALTIME: {e}"))?;
-                Ok(Backend::System(clock))
+                let state = clock.read().map_err(|e| format!("reading CLOCK_REALTIME: {e}"))?;
+                Ok(Backend::System(SlewedClock::new(clock, None, state.frequency_ppm)))
             }
             (ClockBackendKind::Simulated, Some(fd)) => {
                 SimulatedClock::open(File::from(fd), now_ns).map(Backend::Simulated)
@@ -140,8 +162,7 @@ impl Backend {
     pub fn frequency_ppm(&self) -> f64 {
         match self {
             Backend::Simulated(c) => c.model.correction_ppm,
-            Backend::System(clock) => clock.read().map_or(0.0, |s| s.frequency_ppm),
-            Backend::Phc(phc) => phc.frequency_ppm,
+            Backend::System(clock) | Backend::Phc(clock) => clock.frequency_ppm(),
             Backend::None => 0.0,
         }
     }
@@ -151,6 +172,7 @@ impl Backend {
     pub fn set_leap(&mut self, leap: KernelLeap) -> Result<(), String> {
         match self {
             Backend::System(clock) => clock
+                .clock()
                 .set_leap(match leap {
                     KernelLeap::None => None,
                     KernelLeap::InsertSecond => Some(true),
@@ -162,19 +184,27 @@ impl Backend {
         }
     }
 
+    /// When the slew in progress ends (system time, ns), for the backends that end
+    /// it on a timer: [`Backend::end_slew`] is then due.
+    pub fn slew_end_ns(&self) -> Option<i64> {
+        match self {
+            Backend::System(clock) | Backend::Phc(clock) => clock.slew_end_ns(),
+            Backend::None | Backend::Simulated(_) => None,
+        }
+    }
+
+    /// End the slew in progress: the clock runs at its frequency correction again.
+    pub fn end_slew(&mut self) -> Result<(), String> {
+        match self {
+            Backend::System(clock) | Backend::Phc(clock) => clock.end_slew().map_err(|e| format!("clock_adjtime: {e}")),
+            Backend::None | Backend::Simulated(_) => Ok(()),
+        }
+    }
+
     pub fn apply(&mut self, change: Change, now_ns: i64) -> Result<(), String> {
         match self {
             Backend::None => Err("clock backend `none` never adjusts the clock".into()),
-            Backend::System(clock) => {
-                let result = match change {
-                    // The kernel's adjtime slews at exactly 500 ppm: the policy's rate
-                    // is checked against it at build time (see below).
-                    Change::Slew { offset_s, .. } => clock.slew(offset_s),
-                    Change::Frequency { ppm } => clock.set_frequency(ppm),
-                    Change::Step { offset_s } => clock.step(offset_s),
-                };
-                result.map_err(|e| format!("clock_adjtime: {e}"))
-            }
+            Backend::System(clock) => clock.apply(change, now_ns).map_err(|e| format!("clock_adjtime: {e}")),
             Backend::Simulated(clock) => clock.apply(change, now_ns),
             Backend::Phc(phc) => phc.apply(change, now_ns).map_err(|e| format!("clock_adjtime on the PHC: {e}")),
         }
@@ -208,8 +238,13 @@ impl SimulatedClock {
         match change {
             Change::Slew { offset_s, rate_ppm } => {
                 // Positive offset: the clock is behind, so it must gain.
+                let rate_ppm = strata_proto::ipc::slew_rate_ppm(offset_s, rate_ppm);
                 model.slew_ppm = rate_ppm.copysign(offset_s);
-                model.slew_end_ns = now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9) as i64;
+                model.slew_end_ns = if offset_s == 0.0 {
+                    now_ns
+                } else {
+                    now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9).round() as i64
+                };
             }
             Change::Frequency { ppm } => model.correction_ppm = ppm,
             Change::Step { offset_s } => {
@@ -222,10 +257,6 @@ impl SimulatedClock {
         self.write()
     }
 }
-
-// The system backend slews with the kernel's adjtime, which runs at 500 ppm: a
-// policy that promised a slower slew would not be kept.
-const _: () = assert!(strata_policy::clock::MAX_SLEW_RATE_PPM >= 500.0);
 
 #[cfg(test)]
 mod tests {
@@ -272,7 +303,7 @@ mod tests {
         assert_eq!(ClockModel::decode(&record).unwrap().1, c.model);
     }
 
-    /// A PHC behind the clock_adjtime interface, recording what it is asked.
+    /// A kernel clock behind the clock_adjtime interface, recording what it is asked.
     #[derive(Default)]
     struct FakePhc {
         calls: std::cell::RefCell<Vec<String>>,
@@ -292,7 +323,7 @@ mod tests {
     #[test]
     fn a_phc_is_slewed_by_its_frequency_and_set_back_when_done() {
         let fake = FakePhc::default();
-        let mut phc = PhcClock::new(&fake, None, 10.0);
+        let mut phc = SlewedClock::new(&fake, None, 10.0);
         phc.apply(Change::Slew { offset_s: -0.001, rate_ppm: 500.0 }, 0).unwrap();
         // 1 ms at 500 ppm: 2 s at 10 − 500 ppm.
         assert_eq!(phc.slew_end_ns(), Some(2_000_000_000));
@@ -301,7 +332,25 @@ mod tests {
         phc.apply(Change::Slew { offset_s: 0.5, rate_ppm: 500.0 }, 0).unwrap();
         phc.apply(Change::Step { offset_s: 0.25 }, 0).unwrap();
         assert_eq!(phc.slew_end_ns(), None);
-        assert_eq!(*fake.calls.borrow(), ["freq -490", "freq -488", "freq 12", "freq 512", "step 0.25", "freq 12"]);
+        // 0.5 s at 12 ppm: the kernel's 500 ppm limit leaves 488 ppm.
+        assert_eq!(*fake.calls.borrow(), ["freq -490", "freq -488", "freq 12", "freq 500", "step 0.25", "freq 12"]);
+    }
+
+    #[test]
+    fn a_sub_microsecond_slew_is_corrected_exactly_over_a_second() {
+        // adjtime() would round 0.35 µs to nothing; the frequency slews it, at
+        // 0.35 ppm for exactly one second.
+        let fake = FakePhc::default();
+        let mut clock = SlewedClock::new(&fake, None, 15.0);
+        clock.apply(Change::Slew { offset_s: 0.35e-6, rate_ppm: 500.0 }, 7).unwrap();
+        assert_eq!(clock.slew_end_ns(), Some(1_000_000_007));
+        let calls = fake.calls.borrow().clone();
+        let ppm: f64 = calls[0].strip_prefix("freq ").unwrap().parse().unwrap();
+        assert!((ppm - 15.35).abs() < 1e-9, "{calls:?}");
+        // A zero slew cancels the one in progress.
+        clock.apply(Change::Slew { offset_s: 0.0, rate_ppm: 500.0 }, 8).unwrap();
+        assert_eq!(clock.slew_end_ns(), None);
+        assert_eq!(fake.calls.borrow().last().map(String::as_str), Some("freq 15"));
     }
 
     #[test]

@@ -152,18 +152,16 @@ impl Service for Adjuster {
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        // A PHC slew ends on a timer: the adjuster sets the frequency back.
-        let Backend::Phc(phc) = &self.backend else { return None };
-        let end = phc.slew_end_ns()?;
+        // A slew ends on a timer: the adjuster sets the frequency back.
+        let end = self.backend.slew_end_ns()?;
         Some(Instant::now() + Duration::from_nanos(end.saturating_sub(now_ns()).max(0) as u64))
     }
 
     fn on_wakeup(&mut self, _now: Instant, _out: &mut Outbox) {
-        if let Backend::Phc(phc) = &mut self.backend
-            && phc.slew_end_ns().is_some_and(|end| end <= now_ns())
-            && let Err(e) = phc.end_slew()
+        if self.backend.slew_end_ns().is_some_and(|end| end <= now_ns())
+            && let Err(e) = self.backend.end_slew()
         {
-            error!("ending a slew of the PHC: {e}");
+            error!("ending a slew: {e}");
         }
     }
 

@@ -73,7 +73,7 @@ fn unsupported_directive(directive: &str) -> &'static str {
         "lock_all" => "strata does not lock its memory",
         "sched_priority" => "strata does not change its scheduling priority",
         "smoothtime" => "strata serves its clock's time unsmoothed",
-        "maxslewrate" => "the adjuster slews at a fixed 500 ppm, set by its compiled-in policy (policy/clock.toml)",
+        "maxslewrate" => "the adjuster slews at up to 500 ppm, set by its compiled-in policy (policy/clock.toml)",
         "maxdrift" => "the adjuster refuses frequencies beyond 500 ppm, by its compiled-in policy (policy/clock.toml)",
         "maxchange" => "the adjuster's panic threshold, in its compiled-in policy (policy/clock.toml), plays this role",
         "maxupdateskew" | "maxclockerror" | "corrtimeratio" | "clockprecision" => {

@@ -185,6 +185,7 @@ impl Node {
     fn run(mut self) -> Result<(), String> {
         let mut buf = [0u8; 1024];
         loop {
+            self.end_slew_if_due();
             self.read_refclocks();
             let mut random = self.random;
             let actions = self.system.handle_timer(LocalTime(system_now_ns()), &mut || {
@@ -221,8 +222,9 @@ impl Node {
         if let Some(next) = self.refclocks.iter().map(|p| p.next).min() {
             wait = wait.min(next.saturating_duration_since(now));
         }
-        if let Some(at) = self.system.next_poll() {
-            let wait_s = at.seconds_since(LocalTime(system_now_ns())).clamp(0.0, 60.0);
+        let due = [self.system.next_poll().map(|at| at.0), self.backend.slew_end_ns()];
+        for at_ns in due.into_iter().flatten() {
+            let wait_s = LocalTime(at_ns).seconds_since(LocalTime(system_now_ns())).clamp(0.0, 60.0);
             wait = wait.min(Duration::from_secs_f64(wait_s));
         }
         // Rounded up: a wake-up before the due time would only poll again.
@@ -275,6 +277,15 @@ impl Node {
                 Action::Notice(text) => warn!("{text}"),
                 Action::Serve(_) | Action::Drift { .. } | Action::Log(_) => {}
             }
+        }
+    }
+
+    /// The adjuster's slew timer.
+    fn end_slew_if_due(&mut self) {
+        if self.backend.slew_end_ns().is_some_and(|end| end <= system_now_ns())
+            && let Err(e) = self.backend.end_slew()
+        {
+            warn!("ending a slew: {e}");
         }
     }
 

@@ -505,7 +505,9 @@ impl Discipline {
     fn slew_progress_s(&self, time: LocalTime) -> f64 {
         let Some(pending) = self.pending_slew else { return 0.0 };
         let elapsed_s = time.seconds_since(pending.start).max(0.0);
-        let done_s = (self.config.max_slew_rate_ppm * 1e-6 * elapsed_s).min(pending.offset_s.abs());
+        // The adjuster's rule: at most maxslewrate, and no faster than over a second.
+        let rate_ppm = strata_proto::ipc::slew_rate_ppm(pending.offset_s, self.config.max_slew_rate_ppm);
+        let done_s = (rate_ppm * 1e-6 * elapsed_s).min(pending.offset_s.abs());
         done_s.copysign(pending.offset_s)
     }
 

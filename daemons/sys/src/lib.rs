@@ -409,15 +409,6 @@ impl KernelClock {
         self.adjtime(&mut tx).map(|_| ())
     }
 
-    /// Correct `offset_s` gradually: the old adjtime() (ADJ_OFFSET_SINGLESHOT),
-    /// which the kernel slews at 500 ppm and a new call replaces. CLOCK_REALTIME only.
-    pub fn slew(&self, offset_s: f64) -> io::Result<()> {
-        let mut tx = KernelClock::blank();
-        tx.modes = libc::ADJ_OFFSET_SINGLESHOT as libc::c_uint;
-        tx.offset = (offset_s * 1e6).round() as libc::c_long;
-        self.adjtime(&mut tx).map(|_| ())
-    }
-
     /// Add `offset_s` to the clock at once (ADJ_SETOFFSET with nanoseconds).
     pub fn step(&self, offset_s: f64) -> io::Result<()> {
         let mut tx = KernelClock::blank();
@@ -455,7 +446,6 @@ mod kernel_clock_tests {
         assert_eq!(libc::ADJ_FREQUENCY, 0x0002);
         assert_eq!(libc::ADJ_SETOFFSET, 0x0100);
         assert_eq!(libc::ADJ_NANO, 0x2000);
-        assert_eq!(libc::ADJ_OFFSET_SINGLESHOT, 0x8001);
         assert_eq!(libc::ADJ_STATUS, 0x0010);
         assert_eq!((libc::STA_INS, libc::STA_DEL), (0x0010, 0x0020));
         // struct timex on x86_64/aarch64: 208 bytes (11 longs, a timeval, padding).

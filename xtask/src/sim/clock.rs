@@ -60,6 +60,8 @@ pub struct VirtualClock {
     correction_ppm: f64,
     /// Offset still to be slewed, seconds (positive: the clock gains).
     slew_left_s: f64,
+    /// The slew's rate, ppm: the adjuster's rule (`strata_proto::ipc::slew_rate_ppm`).
+    slew_rate_ppm: f64,
     limits: Limits,
     pub steps: u32,
     pub refused: u32,
@@ -75,6 +77,7 @@ impl VirtualClock {
             wander_ppm_per_sqrt_s,
             correction_ppm: 0.0,
             slew_left_s: 0.0,
+            slew_rate_ppm: 0.0,
             limits,
             steps: 0,
             refused: 0,
@@ -107,7 +110,7 @@ impl VirtualClock {
     }
 
     fn slewed_in_s(&self, seconds: f64) -> f64 {
-        let rate = self.limits.max_slew_rate_ppm * 1e-6;
+        let rate = self.slew_rate_ppm * 1e-6;
         self.slew_left_s.abs().min(rate * seconds).copysign(self.slew_left_s)
     }
 
@@ -149,7 +152,10 @@ impl VirtualClock {
                 self.slew_left_s = 0.0;
                 self.steps += 1;
             }
-            ClockAction::Slew { offset_s } => self.slew_left_s = offset_s,
+            ClockAction::Slew { offset_s } => {
+                self.slew_left_s = offset_s;
+                self.slew_rate_ppm = strata_proto::ipc::slew_rate_ppm(offset_s, self.limits.max_slew_rate_ppm);
+            }
             ClockAction::SetFrequency { ppm } => {
                 if ppm.abs() > self.limits.max_frequency_ppm {
                     self.refused += 1;
