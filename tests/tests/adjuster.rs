@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strata_process::channel::{Channel, RecvError};
 use strata_proto::clock_model::{ClockModel, RECORD_LEN};
 use strata_proto::ipc::{
-    AdjustSettings, AdjusterToEngine, ChildToSupervisor, ClockBackendKind, ControlToAdjuster, EngineToAdjuster,
-    MAX_FRAME, Resource, Role, Settings, UnlinkReason,
+    AdjustSettings, AdjusterToEngine, ChildToSupervisor, ClockBackendKind, ClockStatus, ControlToAdjuster,
+    EngineToAdjuster, MAX_FRAME, Resource, Role, Settings, UnlinkReason,
 };
 use strata_tests::appliance::{Appliance, StatusExt};
 use strata_tests::standalone::Standalone;
@@ -74,10 +74,15 @@ fn answer(ch: &Channel) -> AdjusterToEngine {
     }
 }
 
-fn refused(a: AdjusterToEngine) -> String {
-    match a {
+/// The adjuster's refusal of the last request, and the status it sends after it.
+fn refused(ch: &Channel) -> (String, ClockStatus) {
+    let reason = match answer(ch) {
         AdjusterToEngine::Refused { reason, .. } => reason,
         other => panic!("expected a refusal, got {other:?}"),
+    };
+    match answer(ch) {
+        AdjusterToEngine::Status(status) => (reason, status),
+        other => panic!("expected the status after a refusal, got {other:?}"),
     }
 }
 
@@ -109,9 +114,12 @@ fn a_compromised_engine_cannot_move_the_clock_beyond_the_policy() {
 
     // Beyond the policy: refused, the clock untouched.
     engine.send(&EngineToAdjuster::SetFrequency { ppm: 1e6 }, None).unwrap();
-    assert!(refused(answer(&engine)).contains("beyond the policy's 500 ppm"));
+    assert!(refused(&engine).0.contains("beyond the policy's 500 ppm"));
     engine.send(&EngineToAdjuster::Step { offset_s: 0.5 }, None).unwrap();
-    assert!(refused(answer(&engine)).contains("outside the makestep window"));
+    // The status says why, so that an honest engine slews instead of asking again.
+    let (reason, status) = refused(&engine);
+    assert!(reason.contains("outside the makestep window"), "{reason}");
+    assert!(!status.automatic_steps_allowed, "{status:?}");
     assert_eq!(read_model(&model), start, "the clock moved");
 
     // A flood of huge slews: the clock is never slewed faster than 500 ppm. (If the

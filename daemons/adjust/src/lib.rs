@@ -79,7 +79,12 @@ impl Adjuster {
             warn!(peer = %from, request = ?kind, "refused: {reason}");
         }
         match from {
-            Role::Ntp => out.send(&AdjusterToEngine::Refused { request: kind, reason }),
+            Role::Ntp => {
+                out.send(&AdjusterToEngine::Refused { request: kind, reason });
+                // The status says why (the step window closed, the budget spent), so
+                // the engine slews what it asked to step instead of asking again.
+                out.send(&AdjusterToEngine::Status(self.status()));
+            }
             _ => out.send(&AdjusterToControl::Refused { request: kind, reason }),
         }
     }

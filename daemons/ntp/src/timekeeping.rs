@@ -85,6 +85,7 @@ impl Timekeeping {
 
     pub fn clock_status(&mut self, status: ClockStatus) {
         self.system.set_adjustable(status.backend != ClockBackendKind::None);
+        self.system.set_automatic_steps_allowed(status.automatic_steps_allowed && status.steps_left > 0);
         self.clock = Some(status);
     }
 

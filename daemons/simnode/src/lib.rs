@@ -186,6 +186,9 @@ impl Node {
         let mut buf = [0u8; 1024];
         loop {
             self.end_slew_if_due();
+            // What the adjuster's status tells the engine.
+            let steps = self.policy.automatic_steps_allowed(system_now_ns()) && self.policy.steps_left > 0;
+            self.system.set_automatic_steps_allowed(steps);
             self.read_refclocks();
             let mut random = self.random;
             let actions = self.system.handle_timer(LocalTime(system_now_ns()), &mut || {

@@ -291,6 +291,10 @@ pub struct Discipline {
     /// An operator asked for one step (chronyc `makestep`): the next update steps
     /// by the whole offset, whatever the makestep window says.
     operator_step: bool,
+    /// Whether the adjuster still takes automatic steps (its window, its budget):
+    /// when it does not, an offset beyond `makestep` is slewed instead of asked for
+    /// in vain at every update.
+    automatic_steps_allowed: bool,
     points: VecDeque<Point>,
     /// Phase correction completed by earlier slews, seconds (the raw frame's shift).
     slewed_s: f64,
@@ -311,6 +315,7 @@ impl Discipline {
             skew_ppm: UNKNOWN_SKEW_PPM,
             clock_updates: 0,
             operator_step: false,
+            automatic_steps_allowed: true,
             points: VecDeque::with_capacity(config.max_samples + 1),
             slewed_s: 0.0,
             pending_slew: None,
@@ -359,6 +364,12 @@ impl Discipline {
         self.operator_step = true;
     }
 
+    /// What the adjuster says of automatic steps (`ClockStatus`): `false` turns the
+    /// `makestep` window off, so a large offset is slewed.
+    pub fn set_automatic_steps_allowed(&mut self, allowed: bool) {
+        self.automatic_steps_allowed = allowed;
+    }
+
     /// Clock updates so far.
     pub fn clock_updates(&self) -> u64 {
         self.clock_updates
@@ -405,10 +416,11 @@ impl Discipline {
         };
 
         // chrony's makestep: `limit` counts the clock updates before this one.
-        let in_make_step_window = self.config.make_step.is_some_and(|step| {
-            (step.limit < 0 || self.clock_updates < u64::from(step.limit.unsigned_abs()))
-                && offset_s.abs() > step.threshold_s
-        });
+        let in_make_step_window = self.automatic_steps_allowed
+            && self.config.make_step.is_some_and(|step| {
+                (step.limit < 0 || self.clock_updates < u64::from(step.limit.unsigned_abs()))
+                    && offset_s.abs() > step.threshold_s
+            });
         // Half a second: the one-second offset a leap leaves, not noise.
         let leap_step = leap_allows_step && offset_s.abs() > 0.5;
         let operator_step = std::mem::take(&mut self.operator_step);
@@ -868,6 +880,21 @@ mod tests {
         let slew = slews(&actions);
         assert!((slew[0] - 0.008).abs() < 1e-12, "{actions:?}");
         assert!(discipline.frequency_ppm().abs() < 1e-9);
+    }
+
+    #[test]
+    fn when_the_adjuster_takes_no_more_steps_a_large_offset_is_slewed() {
+        // makestep 1 -1 would step 2 s at every update; the adjuster's window is closed.
+        let mut discipline =
+            Discipline::new(DisciplineConfig { max_slew_rate_ppm: 500.0, ..config(Some((1.0, -1))) }).unwrap();
+        discipline.set_automatic_steps_allowed(false);
+        discipline.update(estimate(at(0.0), 2.0)).unwrap();
+        let actions = discipline.update(estimate(at(64.0), 2.0)).unwrap();
+        assert!(steps(&actions).is_empty(), "{actions:?}");
+        assert!((slews(&actions)[0] - 0.032).abs() < 1e-12, "{actions:?}");
+        // Allowed again (a new boot's window): the next update steps.
+        discipline.set_automatic_steps_allowed(true);
+        assert_eq!(steps(&discipline.update(estimate(at(128.0), 1.968)).unwrap()).len(), 1);
     }
 
     #[test]

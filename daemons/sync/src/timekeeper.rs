@@ -364,6 +364,12 @@ impl Timekeeper {
         (self.system_peer.map(|id| self.source_name(id)), actions)
     }
 
+    /// Whether the adjuster still takes automatic steps (`ClockStatus`): when it
+    /// does not, offsets beyond `makestep` are slewed.
+    pub fn set_automatic_steps_allowed(&mut self, allowed: bool) {
+        self.discipline.set_automatic_steps_allowed(allowed);
+    }
+
     /// The adjuster authorised an operator step: the next estimate steps by the
     /// whole offset.
     pub fn authorise_step(&mut self) {
