@@ -99,7 +99,7 @@ impl<C: TunableClock> SlewedClock<C> {
                 }
                 // What the kernel's limit leaves of the rate on this side (at least a
                 // little: a correction at the limit must still be slewable back).
-                let room_ppm = (KERNEL_MAX_FREQUENCY_PPM - self.frequency_ppm.copysign(offset_s)).max(1.0);
+                let room_ppm = (KERNEL_MAX_FREQUENCY_PPM - self.frequency_ppm * offset_s.signum()).max(1.0);
                 let rate_ppm = strata_proto::ipc::slew_rate_ppm(offset_s, rate_ppm).min(room_ppm);
                 let end = now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9).round() as i64;
                 self.slew = Some((rate_ppm.copysign(offset_s), end));
@@ -347,6 +347,11 @@ mod tests {
         let calls = fake.calls.borrow().clone();
         let ppm: f64 = calls[0].strip_prefix("freq ").unwrap().parse().unwrap();
         assert!((ppm - 15.35).abs() < 1e-9, "{calls:?}");
+        // A correction of −12 ppm leaves 512 ppm of room upwards, 488 downwards.
+        let mut low = SlewedClock::new(&fake, None, -12.0);
+        low.apply(Change::Slew { offset_s: 1.0, rate_ppm: 600.0 }, 0).unwrap();
+        low.apply(Change::Slew { offset_s: -1.0, rate_ppm: 600.0 }, 0).unwrap();
+        assert_eq!(fake.calls.borrow()[1..], ["freq 500", "freq -500"]);
         // A zero slew cancels the one in progress.
         clock.apply(Change::Slew { offset_s: 0.0, rate_ppm: 500.0 }, 8).unwrap();
         assert_eq!(clock.slew_end_ns(), None);
