@@ -1,6 +1,6 @@
 //! `cargo xtask clknetsim`: strata's time keeping raced against chronyd in clknetsim,
-//! chrony's own clock and network simulator (`../shared/vendor/clknetsim`, built into
-//! `target/clknetsim`).
+//! chrony's own clock and network simulator (the vendored snapshot beside the
+//! repository, copied and built into `target/clknetsim`; see `CLKNETSIM_SOURCE`).
 //!
 //! Each scenario runs twice on the identical simulated network and clocks (the same
 //! clknetsim configuration and seed): once with Debian's `chronyd -d` as node 1, once
@@ -20,6 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{Result, cargo, root, run};
+
+/// Where the vendored clknetsim snapshot is, relative to the repository (read-only
+/// under CI: it is copied into `target/` before `make`).
+const CLKNETSIM_SOURCE: &str = "../shared/vendor/clknetsim";
 
 /// The seed of the figures in BENCHMARKS.md and of the CI guard.
 const SEED: u64 = 1;
@@ -336,7 +340,7 @@ struct Tools {
 /// chronyd installed, clknetsim built from the vendored copy, strata's binaries built.
 fn prepare(profile: &str) -> Result<Tools> {
     crate::ensure_packages()?;
-    let source = root().join("../shared/vendor/clknetsim");
+    let source = root().join(CLKNETSIM_SOURCE);
     let build = root().join("target/clknetsim");
     if !build.join("clknetsim.so").exists() || !build.join("clknetsim").exists() {
         // shared/ is read-only under CI: copy, then build.

@@ -44,7 +44,6 @@ pub struct Timekeeping {
     sockets: Vec<Socket>,
     /// The origin of the system's monotonic time.
     origin: Instant,
-    random: u64,
     /// The adjuster's latest report; `None` while it is down.
     clock: Option<ClockStatus>,
 }
@@ -53,30 +52,21 @@ impl Timekeeping {
     /// Set up before the sandbox: creates and connects one socket per upstream.
     pub fn new(settings: &NtpSettings, shared: Arc<Shared>) -> Result<Timekeeping, String> {
         let origin = Instant::now();
-        let mut random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 1u8) | 1;
         let config = TimekeeperConfig::from_settings(settings, ADJUSTER_SLEW_RATE_PPM, ADJUSTER_MAX_FREQUENCY_PPM)
             .map_err(|e| format!("discipline: {e}"))?;
         if let Some((ppm, skew_ppm)) = settings.initial_frequency {
             info!(ppm, skew_ppm, "frequency from the driftfile");
         }
-        let system = Timekeeper::new(config, Monotonic(0), local_now(&shared), &mut || {
-            random = xorshift(random);
-            random
-        });
+        let system = Timekeeper::new(config, Monotonic(0), local_now(&shared), &mut cookie);
         let sockets = system
             .upstreams()
             .map(|(source, address)| Ok(Socket { source, address, socket: connected_socket(address)? }))
             .collect::<Result<_, String>>()?;
-        Ok(Timekeeping { shared, system, sockets, origin, random, clock: None })
+        Ok(Timekeeping { shared, system, sockets, origin, clock: None })
     }
 
     fn now(&self) -> Monotonic {
         Monotonic(self.origin.elapsed().as_nanos() as i64)
-    }
-
-    fn next_random(&mut self) -> u64 {
-        self.random = xorshift(self.random);
-        self.random
     }
 
     pub fn sockets(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
@@ -100,12 +90,7 @@ impl Timekeeping {
 
     /// Send the requests that are due.
     pub fn poll_due(&mut self, out: &mut Outbox) {
-        let mut random = self.random;
-        let actions = self.system.handle_timer(local_now(&self.shared), &mut || {
-            random = xorshift(random);
-            random
-        });
-        self.random = random;
+        let actions = self.system.handle_timer(local_now(&self.shared), &mut cookie);
         self.carry_out(actions, out);
     }
 
@@ -193,8 +178,7 @@ impl Timekeeping {
         };
         // The socket first: a source that cannot have one is not added.
         let socket = connected_socket(add.address)?;
-        let random = self.next_random();
-        let source = self.system.add_upstream(&settings, local_now(&self.shared), random)?;
+        let source = self.system.add_upstream(&settings, local_now(&self.shared), cookie())?;
         self.sockets.push(Socket { source, address: add.address, socket });
         info!(source = %add.address, "source added by an operator");
         Ok(format!("added server {}", add.address))
@@ -276,9 +260,11 @@ fn local_now(shared: &Shared) -> LocalTime {
     LocalTime(system_ns + (shared.time_offset_s(system_ns) * 1e9) as i64)
 }
 
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
+/// A request cookie from the kernel's CSPRNG (the seccomp policy allows getrandom).
+/// Should it ever fail, a keyed SipHash of the time (std seeds its keys from the OS)
+/// still gives nothing an off-path attacker can predict.
+fn cookie() -> u64 {
+    strata_sys::random_u64().unwrap_or_else(|_| {
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), system_now_ns())
+    })
 }

@@ -318,6 +318,19 @@ mod peer_credentials_tests {
     }
 }
 
+/// Eight bytes from the kernel's CSPRNG (getrandom(2)): request cookies, the
+/// transmit timestamps an off-path attacker must not predict.
+pub fn random_u64() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is valid for writes of its length, which is passed with it.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    match usize::try_from(n) {
+        Ok(8) => Ok(u64::from_ne_bytes(bytes)),
+        Ok(_) => Err(io::Error::other("getrandom returned a short read")),
+        Err(_) => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Open a device with the C library's plain `open(2)` (Rust's `File::open` calls
 /// `open64`): clknetsim, under which `strata-simnode` runs, intercepts `open` only,
 /// and answers `/dev/ptpN` with a simulated PHC.
@@ -439,6 +452,12 @@ impl KernelClock {
 #[cfg(test)]
 mod kernel_clock_tests {
     use super::*;
+
+    #[test]
+    fn random_words_come_from_the_kernel_and_differ() {
+        let words: Vec<u64> = (0..4).map(|_| random_u64().unwrap()).collect();
+        assert!(words.windows(2).all(|w| w[0] != w[1]), "{words:?}");
+    }
 
     #[test]
     fn the_request_bits_are_the_kernels() {
