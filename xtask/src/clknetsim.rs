@@ -213,16 +213,19 @@ struct Options {
     hours: f64,
     ci: bool,
     record_bounds: bool,
+    /// strata-simnode's `--trace` (its updates and requests in its log.1).
+    trace: bool,
 }
 
 fn usage() -> String {
     let mut usage = String::from(
-        "usage: cargo xtask clknetsim [--scenario NAME]... [--hours H] [--ci] [--record-bounds]
+        "usage: cargo xtask clknetsim [--scenario NAME]... [--hours H] [--ci] [--record-bounds] [--trace]
 
 Runs each scenario under clknetsim with chronyd and with strata-simnode (same
 network, clocks and seed) and prints the side-by-side table. --ci: the guarded
 scenarios, 2 h each, checked against xtask/clknetsim-bounds.txt; --record-bounds
-writes that file from the run.
+writes that file from the run. --trace: strata-simnode writes every clock
+update and request to target/clknetsim-runs/SCENARIO-strata/log.1.
 
 scenarios:",
     );
@@ -233,7 +236,7 @@ scenarios:",
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options { only: Vec::new(), hours: HOURS, ci: false, record_bounds: false };
+    let mut options = Options { only: Vec::new(), hours: HOURS, ci: false, record_bounds: false, trace: false };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -247,6 +250,7 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--ci" => options.ci = true,
             "--record-bounds" => options.record_bounds = true,
+            "--trace" => options.trace = true,
             "-h" | "--help" => return Err(usage()),
             other => return Err(format!("unknown option {other:?}\n{}", usage())),
         }
@@ -278,8 +282,8 @@ pub fn main(args: &[String]) -> Result {
     let started = Instant::now();
     let mut rows = Vec::new();
     for scenario in &chosen {
-        let chronyd = run_scenario(&tools, scenario, Daemon::Chronyd, options.hours)?;
-        let strata = run_scenario(&tools, scenario, Daemon::Strata, options.hours)?;
+        let chronyd = run_scenario(&tools, scenario, Daemon::Chronyd, options.hours, false)?;
+        let strata = run_scenario(&tools, scenario, Daemon::Strata, options.hours, options.trace)?;
         rows.push((scenario.clone(), chronyd, strata));
     }
     print!("{}", table(&rows, options.hours));
@@ -395,7 +399,7 @@ fn client_chrony_conf(s: &Scenario) -> String {
     conf + &s.chrony + "\n"
 }
 
-fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64) -> Result<Figures> {
+fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, trace: bool) -> Result<Figures> {
     let dir = root().join("target/clknetsim-runs").join(format!("{}-{}", s.name, daemon.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -439,7 +443,9 @@ fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64) -> Resu
             if !import.status.success() {
                 return Err(format!("strata import-chrony: {}", String::from_utf8_lossy(&import.stderr)));
             }
-            spawn(1, &tools.simnode, &["--config", toml.to_str().unwrap_or_default()], "log.1")?
+            let config = toml.to_str().unwrap_or_default();
+            let args: &[&str] = if trace { &["--config", config, "--trace"] } else { &["--config", config] };
+            spawn(1, &tools.simnode, args, "log.1")?
         }
     };
     children.push(client);

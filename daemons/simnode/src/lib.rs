@@ -34,7 +34,8 @@ use strata_sync::timekeeper::{Action, Timekeeper, TimekeeperConfig, adjuster_req
 use strata_sync::{LocalTime, Monotonic, SourceId};
 use tracing::{info, warn};
 
-const USAGE: &str = "usage: strata-simnode --config FILE   (only under clknetsim: see BENCHMARKS.md)";
+const USAGE: &str = "usage: strata-simnode --config FILE [--trace]   (only under clknetsim: see BENCHMARKS.md)\n\
+     --trace: every clock update and request on standard error, one line each";
 
 pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,14 +49,15 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<(), String> {
-    let config_path = match args {
-        [flag, path] if flag == "--config" => PathBuf::from(path),
+    let (config_path, trace) = match args {
+        [flag, path] if flag == "--config" => (PathBuf::from(path), false),
+        [flag, path, t] if flag == "--config" && t == "--trace" => (PathBuf::from(path), true),
         _ => return Err(USAGE.into()),
     };
     under_clknetsim(&std::env::var("CLKNETSIM_NODE").ok(), &std::env::var("LD_PRELOAD").unwrap_or_default(), &maps())?;
     let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false).try_init();
     let config = Config::from_file(&config_path).map_err(|e| e.to_string())?;
-    Node::new(&config)?.run()
+    Node::new(&config, trace)?.run()
 }
 
 /// This process's memory map, to see that clknetsim's library is really loaded.
@@ -107,6 +109,8 @@ struct Node {
     backend: Backend,
     origin: Instant,
     random: u64,
+    /// `--trace`: write the tracking records and clock requests to standard error.
+    trace: bool,
 }
 
 fn system_now_ns() -> i64 {
@@ -121,7 +125,7 @@ fn xorshift(mut x: u64) -> u64 {
 }
 
 impl Node {
-    fn new(config: &Config) -> Result<Node, String> {
+    fn new(config: &Config, trace: bool) -> Result<Node, String> {
         if config.clock.backend.0 != ClockBackendKind::System {
             return Err("strata-simnode steers the simulated clock: [clock] backend must be \"system\"".into());
         }
@@ -133,12 +137,13 @@ impl Node {
             }
         }
         let settings = strata::refclocks::ntp_settings(config, &upstreams, None);
-        let timekeeper = TimekeeperConfig::from_settings(
+        let mut timekeeper = TimekeeperConfig::from_settings(
             &settings,
             strata_policy::clock::MAX_SLEW_RATE_PPM,
             strata_policy::clock::MAX_FREQUENCY_PPM,
         )
         .map_err(|e| format!("discipline: {e}"))?;
+        timekeeper.log_records |= trace;
         let origin = Instant::now();
         let mut random = system_now_ns() as u64 | 1;
         let mut system = Timekeeper::new(timekeeper, Monotonic(0), LocalTime(system_now_ns()), &mut || {
@@ -175,7 +180,7 @@ impl Node {
         }
         let upstreams = system.upstreams().collect();
         info!(upstreams = config.upstream.len(), refclocks = refclocks.len(), "strata-simnode started");
-        Ok(Node { system, socket, upstreams, refclocks, policy, backend, origin, random })
+        Ok(Node { system, socket, upstreams, refclocks, policy, backend, origin, random, trace })
     }
 
     fn now(&self) -> Monotonic {
@@ -275,7 +280,24 @@ impl Node {
                         warn!(%to, "request not sent: {e}");
                     }
                 }
-                Action::Clock(request) => self.adjust(request),
+                Action::Clock(request) => {
+                    if self.trace {
+                        eprintln!("trace {} {request:?}", system_now_ns());
+                    }
+                    self.adjust(request)
+                }
+                Action::Log(strata_proto::ipc::LogRecord::Tracking {
+                    time_unix_ns,
+                    offset_s,
+                    frequency_ppm,
+                    skew_ppm,
+                    root_dispersion_s,
+                    ..
+                }) if self.trace => {
+                    eprintln!(
+                        "trace {time_unix_ns} tracking offset {offset_s:.9} freq {frequency_ppm:.6} skew {skew_ppm:.6} rootdisp {root_dispersion_s:.9}"
+                    );
+                }
                 Action::Failover(f) => info!(from = %f.from, to = %f.to, "selected a new system peer"),
                 Action::Notice(text) => warn!("{text}"),
                 Action::Serve(_) | Action::Drift { .. } | Action::Log(_) => {}

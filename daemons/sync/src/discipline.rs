@@ -3,44 +3,34 @@
 //!
 //! # Algorithm
 //!
-//! chrony's approach in spirit, not RFC 5905's PLL/FLL (§11.3): the frequency error is
-//! estimated by a weighted least-squares regression over the recent offsets, and the
-//! offset is corrected by slewing, never by steering the frequency.
+//! chrony's reference.c in spirit, not RFC 5905's PLL/FLL (§11.3): each source's
+//! regression ([`crate::regression`], kept by its [`crate::filter::ClockFilter`])
+//! measures the offset and the frequency error left; the discipline applies them.
 //!
-//! - Every update brings one point: the offset estimate, its root distance (an error
-//!   bound: the point's weight is `1 / root_distance²`) and the local time it refers to.
-//! - The points are kept in a *raw* frame: `measured offset + phase correction applied
-//!   so far` (steps and the modelled progress of slews), and every frequency change
-//!   re-expresses the older points as if the new frequency had been set all along
-//!   (chrony's `SST_SlewSamples`). In that frame the points lie on a line whose slope
-//!   is the frequency error left in the clock and whose value now is the offset left.
-//! - From three points on, the slope is a measurement of the frequency error left. It
-//!   is weighed against the current frequency by their skews (standard errors), as
-//!   chrony's `REF_SetReference` does, and applied ([`ClockAction::SetFrequency`]),
+//! - Every update brings the combined offset now (source − local, the slews since
+//!   the samples included), its root distance, and the system peer's frequency
+//!   error with its skew ([`Drift`]).
+//! - The frequency error is weighed against the current frequency by their skews,
+//!   as chrony's `REF_SetReference` does, and applied ([`ClockAction::SetFrequency`]),
 //!   unless its skew is above `maxupdateskew`; the frequency is clamped to
 //!   `max_frequency_ppm`. With an unknown starting skew the first slope is taken
-//!   whole; a drift-file frequency with a small skew is only nudged by it.
-//! - The line's value now (the measured offset while fewer than three points are
-//!   known) is the offset to correct: by [`ClockAction::Step`] inside the `makestep`
-//!   window, else by [`ClockAction::Slew`], bounded so that the adjuster, slewing at
+//!   whole; a drift-file frequency with a small skew is only nudged by it. The
+//!   timekeeper then re-expresses every source's points for the new frequency.
+//! - The offset is corrected by [`ClockAction::Step`] inside the `makestep` window,
+//!   else by [`ClockAction::Slew`], bounded so that the adjuster, slewing at
 //!   `maxslewrate`, finishes before the next update.
-//! - A point further from the line's prediction than its error bounds allow is a phase
-//!   jump (the clock was stepped behind our back, the sources jumped, a leap second
-//!   the kernel did not apply): the history restarts from that point, the frequency
-//!   is kept, so a jump never turns into a frequency error.
+//! - The discipline models the adjuster's progress through each slew, and with the
+//!   steps that is the *phase correction* ([`Discipline::phase_correction_s`]): a
+//!   sample plus the phase correction at its time is a point in the raw frame the
+//!   regressions work in.
 //!
 //! # Where this departs from chrony
 //!
-//! - chrony's discipline (reference.c) consumes the regression of the *selected
-//!   sources* (sourcestats.c) and combines the source frequency with its own, weighted
-//!   by their skews. strata's selection hands over one combined offset per update, so
-//!   the regression lives here, over the system offsets, and its slope is weighed
-//!   against the frequency with chrony's formula.
 //! - chrony slews by driving the frequency itself (sys_generic.c, `corrtimeratio`);
 //!   here the adjuster does the slewing and the discipline only models its progress
-//!   (at `max_slew_rate_ppm`, which must therefore be the adjuster's rate). The window
-//!   is a fixed number of points (`max_samples`, chrony's sourcestats `maxsamples`)
-//!   instead of chrony's runs test.
+//!   (at `max_slew_rate_ppm`, which must therefore be the adjuster's rate).
+//! - The frequency comes from the system peer's regression alone, not from a
+//!   combination of the selected sources' (the offset is combined).
 //! - `maxchange` is not implemented: the adjuster's panic threshold plays that part.
 //! - `leapsecmode step` steps at the first update after the leap, not at midnight.
 //!
@@ -57,13 +47,13 @@
 //! - `SetLeap(leap)`: arm (or disarm) the kernel's leap second at the next midnight.
 //!   Never [`LeapIndicator::Unsynchronised`].
 
-use std::collections::VecDeque;
 use std::fmt;
 
 use strata_proto::ipc::LeapSecMode;
 use strata_proto::ntp::LeapIndicator;
 
 use crate::LocalTime;
+pub use crate::filter::Drift;
 
 /// chrony's default `maxslewrate`: 1/12, the most adjtimex's `tick` can slew.
 pub const DEFAULT_MAX_SLEW_RATE_PPM: f64 = 1e6 / 12.0;
@@ -78,24 +68,8 @@ pub const DEFAULT_MAX_UPDATE_SKEW_PPM: f64 = 1000.0;
 /// bad") in ppm. Also what [`drift_file::format`] writes for a non-finite skew.
 pub const UNKNOWN_SKEW_PPM: f64 = 1e6;
 
-/// Points needed before the slope is trusted as a frequency error: with two, the
-/// regression has no residual left to say how wrong it is.
-const MIN_POINTS_FOR_FREQUENCY: usize = 3;
-
-/// A point further than this many times its error bound (its own root distance plus
-/// the prediction's) from the regression's prediction is a phase jump.
-const PHASE_JUMP_FACTOR: f64 = 3.0;
-
-/// The prior of the points' deviation, as a fraction of their root distance (a bound),
-/// and how many points it is worth against the residuals (see `Discipline::fit`).
-const PRIOR_DEVIATION_OF_BOUND: f64 = 1.0 / 3.0;
-const PRIOR_POINTS: f64 = 2.0;
-
 /// chrony's `MIN_SKEW` (1e-12) in ppm: no frequency is ever known better.
 const MIN_SKEW_PPM: f64 = 1e-6;
-
-/// Floor of a root distance used as a weight, so that a zero does not divide.
-const MIN_ROOT_DISTANCE_S: f64 = 1e-9;
 
 /// chrony's `makestep threshold limit`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -119,8 +93,6 @@ pub struct DisciplineConfig {
     pub max_frequency_ppm: f64,
     /// `maxupdateskew`: no frequency update from an estimate whose skew is above this, ppm.
     pub max_update_skew_ppm: f64,
-    /// Points in the regression (sourcestats' `maxsamples`), at least 3.
-    pub max_samples: usize,
     /// `leapsecmode`.
     pub leap_sec_mode: LeapSecMode,
 }
@@ -134,7 +106,6 @@ impl Default for DisciplineConfig {
             max_slew_rate_ppm: DEFAULT_MAX_SLEW_RATE_PPM,
             max_frequency_ppm: KERNEL_MAX_FREQUENCY_PPM,
             max_update_skew_ppm: DEFAULT_MAX_UPDATE_SKEW_PPM,
-            max_samples: 32,
             leap_sec_mode: LeapSecMode::System,
         }
     }
@@ -147,7 +118,6 @@ pub enum ConfigError {
     MaxSlewRate(f64),
     MaxFrequency(f64),
     MaxUpdateSkew(f64),
-    MaxSamples(usize),
 }
 
 impl fmt::Display for ConfigError {
@@ -157,7 +127,6 @@ impl fmt::Display for ConfigError {
             ConfigError::MaxSlewRate(v) => write!(f, "maxslewrate {v} ppm is not a positive number below 1e6"),
             ConfigError::MaxFrequency(v) => write!(f, "maximum frequency {v} ppm is not a positive number below 1e6"),
             ConfigError::MaxUpdateSkew(v) => write!(f, "maxupdateskew {v} ppm is not a positive number"),
-            ConfigError::MaxSamples(v) => write!(f, "{v} samples: the regression needs at least 3"),
         }
     }
 }
@@ -182,9 +151,6 @@ impl DisciplineConfig {
         if self.max_update_skew_ppm.is_nan() || self.max_update_skew_ppm <= 0.0 {
             return Err(ConfigError::MaxUpdateSkew(self.max_update_skew_ppm));
         }
-        if self.max_samples < MIN_POINTS_FOR_FREQUENCY {
-            return Err(ConfigError::MaxSamples(self.max_samples));
-        }
         Ok(())
     }
 }
@@ -198,6 +164,8 @@ pub struct ClockEstimate {
     pub offset_s: f64,
     /// Its error bound (root distance, RFC 5905 §11.2), seconds.
     pub root_distance_s: f64,
+    /// The frequency error the system peer's regression sees, once it has a slope.
+    pub drift: Option<Drift>,
     /// The leap warning of the majority of the selected sources.
     pub leap: LeapIndicator,
 }
@@ -235,48 +203,11 @@ impl fmt::Display for UpdateError {
 
 impl std::error::Error for UpdateError {}
 
-/// One update in the raw frame (see the module documentation).
-#[derive(Clone, Copy, Debug)]
-struct Point {
-    time: LocalTime,
-    raw_offset_s: f64,
-    root_distance_s: f64,
-}
-
 /// A slew the adjuster is carrying out, as the discipline models it.
 #[derive(Clone, Copy, Debug)]
 struct PendingSlew {
     start: LocalTime,
     offset_s: f64,
-}
-
-/// The regression line through the points, `x` in seconds relative to `origin`.
-#[derive(Clone, Copy, Debug)]
-struct Fit {
-    origin: LocalTime,
-    /// Raw offset at `origin`, seconds.
-    intercept_s: f64,
-    /// Frequency error left in the clock, s/s: positive, the clock falls behind.
-    slope: f64,
-    /// Standard error of the slope (s/s), scaled by the residuals when there are some.
-    slope_std: f64,
-    /// Bound-based variance terms for predictions (weights are 1/root distance²).
-    weight_sum: f64,
-    mean_x_s: f64,
-    sxx: f64,
-}
-
-impl Fit {
-    fn raw_at(&self, time: LocalTime) -> f64 {
-        self.intercept_s + self.slope * time.seconds_since(self.origin)
-    }
-
-    /// Error bound of the prediction at `time`, from the points' root distances.
-    fn prediction_bound_s(&self, time: LocalTime) -> f64 {
-        let dx = time.seconds_since(self.origin) - self.mean_x_s;
-        let slope_term = if self.sxx > 0.0 { dx * dx / self.sxx } else { 0.0 };
-        (1.0 / self.weight_sum + slope_term).sqrt()
-    }
 }
 
 /// The clock discipline: feed it [`ClockEstimate`]s, send what it returns.
@@ -295,8 +226,8 @@ pub struct Discipline {
     /// when it does not, an offset beyond `makestep` is slewed instead of asked for
     /// in vain at every update.
     automatic_steps_allowed: bool,
-    points: VecDeque<Point>,
-    /// Phase correction completed by earlier slews, seconds (the raw frame's shift).
+    /// Phase correction completed by earlier slews and steps, seconds (the raw
+    /// frame's shift, see [`crate::regression`]).
     slewed_s: f64,
     pending_slew: Option<PendingSlew>,
     last_update: Option<LocalTime>,
@@ -316,7 +247,6 @@ impl Discipline {
             clock_updates: 0,
             operator_step: false,
             automatic_steps_allowed: true,
-            points: VecDeque::with_capacity(config.max_samples + 1),
             slewed_s: 0.0,
             pending_slew: None,
             last_update: None,
@@ -389,31 +319,8 @@ impl Discipline {
 
         let leap_allows_step = self.update_leap(estimate, &mut actions);
 
-        // The new point in the raw frame: what the offset would read had no phase
-        // correction been applied since the history started.
-        let phase_correction_s = self.slewed_s + self.slew_progress_s(now);
-        let raw_offset_s = estimate.offset_s + phase_correction_s;
-        if self.points.len() >= 2
-            && let Some(fit) = self.fit()
-        {
-            let bound_s = estimate.root_distance_s + fit.prediction_bound_s(now);
-            if (raw_offset_s - fit.raw_at(now)).abs() > PHASE_JUMP_FACTOR * bound_s {
-                // The line no longer describes the clock: restart it here. The frequency
-                // stays: a jump in phase says nothing about it.
-                self.points.clear();
-            }
-        }
-        self.points.push_back(Point { time: now, raw_offset_s, root_distance_s: estimate.root_distance_s });
-        while self.points.len() > self.config.max_samples {
-            self.points.pop_front();
-        }
-        let fit = if self.points.len() >= MIN_POINTS_FOR_FREQUENCY { self.fit() } else { None };
-        // The offset to correct: the line's value now once it is trusted, the
-        // measurement itself before (a line through two points passes through it).
-        let offset_s = match fit {
-            Some(fit) => fit.raw_at(now) - phase_correction_s,
-            None => estimate.offset_s,
-        };
+        let phase_correction_s = self.phase_correction_s(now);
+        let offset_s = estimate.offset_s;
 
         // chrony's makestep: `limit` counts the clock updates before this one.
         let in_make_step_window = self.automatic_steps_allowed
@@ -430,23 +337,21 @@ impl Discipline {
             if first_update {
                 actions.push(ClockAction::SetFrequency { ppm: self.frequency_ppm });
             }
-            self.step(now, offset_s, estimate, &mut actions);
+            self.step(now, offset_s, &mut actions);
             return Ok(actions);
         }
 
         let mut frequency_changed = first_update;
-        if let Some(fit) = fit
-            && fit.slope_std * 1e6 <= self.config.max_update_skew_ppm
+        if let Some(drift) = estimate.drift
+            && drift.skew_ppm <= self.config.max_update_skew_ppm
         {
-            // A positive slope: the offset grows, the clock falls behind, it must run
-            // faster by that much.
-            let (residual_ppm, skew_ppm) = self.combine_frequency(fit.slope * 1e6, fit.slope_std * 1e6);
+            // A positive residual: the offset grows, the clock falls behind, it must
+            // run faster by that much.
+            let (residual_ppm, skew_ppm) = self.combine_frequency(drift.residual_ppm, drift.skew_ppm);
             self.skew_ppm = skew_ppm;
             let limit = self.config.max_frequency_ppm;
             let new_ppm = (self.frequency_ppm + residual_ppm).clamp(-limit, limit);
-            let delta_ppm = new_ppm - self.frequency_ppm;
-            if delta_ppm != 0.0 {
-                self.rebase_frequency(now, delta_ppm);
+            if new_ppm != self.frequency_ppm {
                 self.frequency_ppm = new_ppm;
                 frequency_changed = true;
             }
@@ -472,26 +377,19 @@ impl Discipline {
 
     /// `Step` by `offset_s` at `now`, cancelling a slew still in progress first (the
     /// step already includes what is left of it).
-    fn step(&mut self, now: LocalTime, offset_s: f64, estimate: ClockEstimate, actions: &mut Vec<ClockAction>) {
+    fn step(&mut self, now: LocalTime, offset_s: f64, actions: &mut Vec<ClockAction>) {
         if let Some(pending) = self.pending_slew
             && pending.offset_s - self.slew_progress_s(now) != 0.0
         {
             actions.push(ClockAction::Slew { offset_s: 0.0 });
         }
         actions.push(ClockAction::Step { offset_s });
-        // The clock now reads `offset_s` later than it did: the history restarts in
-        // the new time line with the point just measured, corrected by the step.
-        // (`leap_at` is a UTC midnight, which a step does not move.)
-        let stepped_now = now.add_seconds(offset_s);
-        self.points.clear();
-        self.slewed_s = 0.0;
+        // The clock now reads `offset_s` later than it did; the step is phase
+        // correction like a slew's. (`leap_at` is a UTC midnight, which a step does
+        // not move.)
+        self.slewed_s = self.phase_correction_s(now) + offset_s;
         self.pending_slew = None;
-        self.points.push_back(Point {
-            time: stepped_now,
-            raw_offset_s: estimate.offset_s - offset_s,
-            root_distance_s: estimate.root_distance_s,
-        });
-        self.last_update = Some(stepped_now);
+        self.last_update = Some(now.add_seconds(offset_s));
     }
 
     /// chrony's `REF_SetReference`: the frequency correction to apply for a measured
@@ -523,55 +421,11 @@ impl Discipline {
         done_s.copysign(pending.offset_s)
     }
 
-    /// Re-express the history as if the frequency had been `delta_ppm` higher all
-    /// along, anchored at `now`: a clock running faster by `delta_ppm` would have been
-    /// that much further behind at each earlier point (chrony's `SST_SlewSamples`).
-    fn rebase_frequency(&mut self, now: LocalTime, delta_ppm: f64) {
-        for point in &mut self.points {
-            point.raw_offset_s += delta_ppm * 1e-6 * now.seconds_since(point.time);
-        }
-    }
-
-    /// Weighted least squares over the points, weights 1/root distance².
-    fn fit(&self) -> Option<Fit> {
-        let origin = self.points.back()?.time;
-        let weighted = |p: &Point| {
-            let d = p.root_distance_s.max(MIN_ROOT_DISTANCE_S);
-            (p.time.seconds_since(origin), p.raw_offset_s, 1.0 / (d * d))
-        };
-        let (mut weight_sum, mut sum_x, mut sum_y) = (0.0, 0.0, 0.0);
-        for (x, y, w) in self.points.iter().map(weighted) {
-            weight_sum += w;
-            sum_x += w * x;
-            sum_y += w * y;
-        }
-        let (mean_x_s, mean_y_s) = (sum_x / weight_sum, sum_y / weight_sum);
-        let (mut sxx, mut sxy) = (0.0, 0.0);
-        for (x, y, w) in self.points.iter().map(weighted) {
-            sxx += w * (x - mean_x_s) * (x - mean_x_s);
-            sxy += w * (x - mean_x_s) * (y - mean_y_s);
-        }
-        // Points all at one instant have no slope.
-        let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-        let intercept_s = mean_y_s - slope * mean_x_s;
-        // The root distances are bounds, not standard deviations: scale by how far the
-        // points really lie from the line, pooled with a prior (a deviation of a third
-        // of the bound, worth two points) so that three points, one degree of freedom,
-        // cannot claim a near-perfect slope by chance.
-        let chi2: f64 = self
-            .points
-            .iter()
-            .map(weighted)
-            .map(|(x, y, w)| {
-                let r = y - (intercept_s + slope * x);
-                w * r * r
-            })
-            .sum();
-        let degrees_of_freedom = self.points.len().saturating_sub(2) as f64;
-        let variance_factor = (chi2 + PRIOR_POINTS * PRIOR_DEVIATION_OF_BOUND * PRIOR_DEVIATION_OF_BOUND)
-            / (degrees_of_freedom + PRIOR_POINTS);
-        let slope_std = if sxx > 0.0 { (variance_factor / sxx).sqrt() } else { f64::INFINITY };
-        Some(Fit { origin, intercept_s, slope, slope_std, weight_sum, mean_x_s, sxx })
+    /// The phase correction applied by `time`, seconds: every step and slew so far,
+    /// the slew in progress as far as the adjuster has got (the raw frame's shift,
+    /// [`crate::regression`]). A sample measured at `time` plus this is raw.
+    pub fn phase_correction_s(&self, time: LocalTime) -> f64 {
+        self.slewed_s + self.slew_progress_s(time)
     }
 
     /// `leapsecmode`: the `SetLeap` to send, if any; returns whether the leap second
@@ -710,6 +564,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::Sample;
+    use crate::filter::{ClockFilter, FilterConfig};
 
     /// 2025-06-15T00:00:00Z, a Sunday two weeks before a possible leap second.
     const EPOCH_S: i64 = 1_749_945_600;
@@ -719,7 +575,53 @@ mod tests {
     }
 
     fn estimate(time: LocalTime, offset_s: f64) -> ClockEstimate {
-        ClockEstimate { time, offset_s, root_distance_s: 1e-3, leap: LeapIndicator::NoWarning }
+        ClockEstimate { time, offset_s, root_distance_s: 1e-3, drift: None, leap: LeapIndicator::NoWarning }
+    }
+
+    /// What the timekeeper does with a sample of the only source: into its filter in
+    /// the discipline's frame, the filter's estimate now to the discipline, and the
+    /// discipline's frequency changes and steps back into the filter.
+    fn measure(
+        discipline: &mut Discipline,
+        filter: &mut ClockFilter,
+        time: LocalTime,
+        offset_s: f64,
+        root_distance_s: f64,
+    ) -> Vec<ClockAction> {
+        let sample = Sample {
+            time,
+            offset_s,
+            delay_s: 0.0,
+            dispersion_s: root_distance_s,
+            root_delay_s: 0.0,
+            root_dispersion_s: 0.0,
+            stratum: 1,
+            leap: LeapIndicator::NoWarning,
+        };
+        filter.add_in_frame(sample, discipline.phase_correction_s(time));
+        // None after a phase jump, until the source has a slope again: no update.
+        let Some(filtered) = filter.estimate_in_frame(time, discipline.phase_correction_s(time)) else {
+            return Vec::new();
+        };
+        let before_ppm = discipline.frequency_ppm();
+        let estimate = ClockEstimate {
+            offset_s: filtered.offset_s,
+            root_distance_s,
+            drift: filter.drift(),
+            ..estimate(time, 0.0)
+        };
+        let actions = discipline.update(estimate).unwrap();
+        if discipline.frequency_ppm() != before_ppm {
+            filter.rebase_frequency(time, discipline.frequency_ppm() - before_ppm);
+        }
+        for step in steps(&actions) {
+            filter.apply_step(step);
+        }
+        actions
+    }
+
+    fn source_filter() -> ClockFilter {
+        ClockFilter::new(FilterConfig { length: 1, spike_gate: None, ..FilterConfig::default() })
     }
 
     fn config(make_step: Option<(f64, i32)>) -> DisciplineConfig {
@@ -782,8 +684,7 @@ mod tests {
         assert!(matches!(bad(|c| c.max_frequency_ppm = -500.0), ConfigError::MaxFrequency(_)));
         assert!(matches!(bad(|c| c.max_update_skew_ppm = f64::NAN), ConfigError::MaxUpdateSkew(_)));
         assert!(matches!(bad(|c| c.max_update_skew_ppm = 0.0), ConfigError::MaxUpdateSkew(_)));
-        assert!(matches!(bad(|c| c.max_samples = 2), ConfigError::MaxSamples(2)));
-        assert!(!bad(|c| c.max_samples = 0).to_string().is_empty());
+        assert!(!bad(|c| c.max_slew_rate_ppm = 0.0).to_string().is_empty());
     }
 
     #[test]
@@ -927,10 +828,11 @@ mod tests {
     fn frequency_follows_the_slope_with_the_kernel_sign() {
         // A clock running 20 ppm ahead (offsets decreasing) is slowed down: -20 ppm.
         let mut discipline = Discipline::new(config(None)).unwrap();
+        let mut filter = source_filter();
         let mut slewed_s = 0.0;
         for update in 0..3 {
             let time_s = 16.0 * f64::from(update);
-            let actions = discipline.update(estimate(at(time_s), -20e-6 * time_s - slewed_s)).unwrap();
+            let actions = measure(&mut discipline, &mut filter, at(time_s), -20e-6 * time_s - slewed_s, 1e-3);
             slewed_s += slews(&actions).iter().sum::<f64>();
         }
         assert!((discipline.frequency_ppm() + 20.0).abs() < 1e-6, "{}", discipline.frequency_ppm());
@@ -972,10 +874,10 @@ mod tests {
     #[test]
     fn maxupdateskew_keeps_a_noisy_slope_out_of_the_frequency() {
         let mut discipline = Discipline::new(DisciplineConfig { max_update_skew_ppm: 1.0, ..config(None) }).unwrap();
-        // ±10 ms scatter over 16 s intervals: a slope whose skew is hundreds of ppm.
-        for (update, offset_s) in [0.0, 0.01, -0.01, 0.01].into_iter().enumerate() {
+        let noisy = Some(Drift { residual_ppm: 40.0, skew_ppm: 300.0 });
+        for update in 0..4 {
             let actions = discipline
-                .update(ClockEstimate { root_distance_s: 0.05, ..estimate(at(16.0 * update as f64), offset_s) })
+                .update(ClockEstimate { drift: noisy, ..estimate(at(16.0 * f64::from(update)), 0.0) })
                 .unwrap();
             if update > 0 {
                 assert!(frequencies(&actions).is_empty(), "{actions:?}");
@@ -983,25 +885,24 @@ mod tests {
         }
         assert_eq!(discipline.frequency_ppm(), 0.0);
         assert_eq!(discipline.skew_ppm(), UNKNOWN_SKEW_PPM);
+        // A slope known to within the limit is taken.
+        let good = Some(Drift { residual_ppm: 40.0, skew_ppm: 0.5 });
+        let actions = discipline.update(ClockEstimate { drift: good, ..estimate(at(64.0), 0.0) }).unwrap();
+        assert!(matches!(frequencies(&actions)[..], [ppm] if (ppm - 40.0).abs() < 1e-9), "{actions:?}");
     }
 
     #[test]
-    fn a_phase_jump_restarts_the_history_and_keeps_the_frequency() {
-        let mut discipline = Discipline::new(config(None)).unwrap();
-        // Converged on a clock losing 10 ppm: offsets in the raw frame grow 640 µs a poll.
-        let mut measured = 0.0;
-        for update in 0..8 {
-            let actions = discipline.update(estimate(at(64.0 * f64::from(update)), measured)).unwrap();
-            let corrected: f64 = slews(&actions).iter().sum();
-            measured += -corrected + (10.0 - discipline.frequency_ppm()) * 1e-6 * 64.0;
-        }
-        assert!((discipline.frequency_ppm() - 10.0).abs() < 1e-6);
-        // Someone moves the clock 2 s back: the frequency must not see a 2 s / 64 s slope.
-        let actions = discipline.update(estimate(at(64.0 * 8.0), measured + 2.0)).unwrap();
-        assert!(frequencies(&actions).is_empty(), "{actions:?}");
-        assert!((slews(&actions)[0] - (measured + 2.0)).abs() < 1e-9, "{actions:?}");
-        assert!((discipline.frequency_ppm() - 10.0).abs() < 1e-6);
-        assert_eq!(discipline.points.len(), 1);
+    fn the_phase_correction_counts_steps_and_the_slews_progress() {
+        let mut discipline = Discipline::new(config(Some((0.1, -1)))).unwrap();
+        discipline.update(estimate(at(0.0), 0.0)).unwrap();
+        // 1 ms is slewed over the shortest slew, a second (ipc::MIN_SLEW_DURATION_S).
+        assert_eq!(slews(&discipline.update(estimate(at(16.0), 1e-3)).unwrap()), vec![1e-3]);
+        assert_eq!(discipline.phase_correction_s(at(16.0)), 0.0);
+        assert!((discipline.phase_correction_s(at(16.5)) - 0.5e-3).abs() < 1e-9);
+        assert!((discipline.phase_correction_s(at(18.0)) - 1e-3).abs() < 1e-12);
+        // A step cancels the slew where it got to and adds itself.
+        assert_eq!(steps(&discipline.update(estimate(at(16.5), 0.5)).unwrap()), vec![0.5]);
+        assert!((discipline.phase_correction_s(at(20.0)) - 0.5005).abs() < 1e-9);
     }
 
     #[test]
@@ -1324,6 +1225,7 @@ mod tests {
             slew_rate: scenario.config.max_slew_rate_ppm * 1e-6,
         };
         let mut run = Run { offsets_s: vec![], frequency_errors_ppm: vec![], intervals_s: vec![], actions: vec![] };
+        let mut filter = source_filter();
         let mut last_time: Option<LocalTime> = None;
         for update in 0..scenario.updates {
             if update > 0 {
@@ -1335,20 +1237,18 @@ mod tests {
                 clock.error_s += moved_s;
             }
             let time = clock.local_time();
-            let measured = ClockEstimate {
-                time,
-                offset_s: clock.offset_s() + scenario.noise_s * rng.gaussian(),
-                // An error bound the noise stays inside (4 σ).
-                root_distance_s: 4.0 * scenario.noise_s,
-                leap: LeapIndicator::NoWarning,
-            };
+            let measured_s = clock.offset_s() + scenario.noise_s * rng.gaussian();
             run.offsets_s.push(clock.offset_s());
             run.intervals_s.push(last_time.map_or(0.0, |last| time.seconds_since(last)));
-            let actions = discipline.update(measured).unwrap();
+            // An error bound the noise stays inside (4 σ).
+            let actions = measure(&mut discipline, &mut filter, time, measured_s, 4.0 * scenario.noise_s);
             for &action in &actions {
                 clock.apply(action);
             }
-            last_time = Some(clock.local_time());
+            // A measurement right after a phase jump makes no update (see `measure`).
+            if !actions.is_empty() {
+                last_time = Some(clock.local_time());
+            }
             run.frequency_errors_ppm.push(clock.frequency_error_ppm());
             run.actions.push(actions);
         }
@@ -1520,7 +1420,7 @@ mod tests {
             limit in -1i32..5,
             max_slew_rate_ppm in 1.0f64..100_000.0,
             max_frequency_ppm in 1.0f64..1000.0,
-            updates in prop::collection::vec((0.0f64..2048.0, -10.0f64..10.0, 0.0f64..1.0), 1..60),
+            updates in prop::collection::vec((0.0f64..2048.0, -10.0f64..10.0, 0.0f64..1.0, -2000.0f64..2000.0, 1e-3f64..2000.0), 1..60),
         ) {
             let config = DisciplineConfig {
                 make_step: Some(MakeStep { threshold_s, limit }),
@@ -1531,9 +1431,10 @@ mod tests {
             let mut discipline = Discipline::new(config).unwrap();
             let mut time = at(0.0);
             let mut last: Option<LocalTime> = None;
-            for (index, (interval_s, offset_s, root_distance_s)) in updates.into_iter().enumerate() {
+            for (index, (interval_s, offset_s, root_distance_s, residual_ppm, skew_ppm)) in updates.into_iter().enumerate() {
                 time = time.add_seconds(interval_s);
-                let actions = discipline.update(ClockEstimate { time, offset_s, root_distance_s, leap: LeapIndicator::NoWarning }).unwrap();
+                let drift = Some(Drift { residual_ppm, skew_ppm });
+                let actions = discipline.update(ClockEstimate { time, offset_s, root_distance_s, drift, leap: LeapIndicator::NoWarning }).unwrap();
                 for action in &actions {
                     match *action {
                         ClockAction::Step { offset_s: step } => {

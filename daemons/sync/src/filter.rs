@@ -16,8 +16,12 @@
 //! a popcorn-spike suppressor (RFC A.5.2, SGATE): a sample whose offset jumps by more
 //! than `spike_gate` × jitter from the current estimate is held back, unless it is the
 //! `max_held_spikes + 1`-th such sample in a row (a real step must get through).
-//! No frequency/skew estimate per source: that needs chrony's regression, which this
-//! filter does not implement.
+//! Every accepted sample also goes into the source's [`Register`] (chrony's
+//! sourcestats regression, [`crate::regression`]), in the discipline's raw frame:
+//! [`ClockFilter::estimate_in_frame`] takes its offset and jitter from the regression
+//! line (the offset now, slews since the sample included), and its frequency error
+//! from the line's slope ([`ClockFilter::drift`]). The shift register still gives the
+//! delay and dispersion of the selection interval, and the spike gate.
 //!
 //! "Use a sample only once" (RFC A.5.2's prime directive) is left to the caller: an
 //! estimate's [`SourceEstimate::time`] is the time of the sample it is based on, so the
@@ -25,6 +29,7 @@
 
 use std::collections::VecDeque;
 
+use crate::regression::{Line, MIN_POINTS_FOR_SLOPE, Point, Register};
 use crate::{LocalTime, MAX_DRIFT_PPM, Sample};
 use strata_proto::ntp::LeapIndicator;
 
@@ -34,11 +39,19 @@ pub const MAX_DISPERSION_S: f64 = 16.0;
 /// RFC 5905 NSTAGE: the filter length chrony/ntpd use for NTP sources.
 pub const DEFAULT_FILTER_LENGTH: usize = 8;
 
+/// A point further than this many times its error bound (its own distance plus the
+/// prediction's) from the regression line is a phase jump: the source's time jumped
+/// (a refclock's reference changed, a server was stepped) and the register restarts.
+const PHASE_JUMP_FACTOR: f64 = 3.0;
+
 /// Configuration of one source's filter.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FilterConfig {
     /// Number of samples kept (RFC 5905 NSTAGE, 8). At least 1.
     pub length: usize,
+    /// The regression's window: chrony's `maxsamples` and `minsamples`.
+    pub max_points: usize,
+    pub min_points: usize,
     /// chrony `maxdelay`: samples with a larger round-trip delay are rejected (default 3 s).
     pub max_delay_s: f64,
     /// Popcorn-spike gate in units of jitter (RFC 5905 SGATE, 3); `None` disables it.
@@ -49,7 +62,14 @@ pub struct FilterConfig {
 
 impl Default for FilterConfig {
     fn default() -> Self {
-        FilterConfig { length: DEFAULT_FILTER_LENGTH, max_delay_s: 3.0, spike_gate: Some(3.0), max_held_spikes: 2 }
+        FilterConfig {
+            length: DEFAULT_FILTER_LENGTH,
+            max_points: crate::regression::MAX_POINTS,
+            min_points: crate::regression::DEFAULT_MIN_POINTS,
+            max_delay_s: 3.0,
+            spike_gate: Some(3.0),
+            max_held_spikes: 2,
+        }
     }
 }
 
@@ -123,6 +143,23 @@ pub struct ClockFilter {
     /// Oldest first; times strictly increasing.
     samples: VecDeque<Sample>,
     held_spikes: u32,
+    /// Every accepted sample, in the raw frame.
+    register: Register,
+    /// The register's line after its newest change.
+    line: Option<Line>,
+    /// The register restarted at a phase jump and has no slope yet: the source offers
+    /// no estimate until it has, so that one reading cannot pull the clock along.
+    jumped: bool,
+}
+
+/// A source's frequency error as its regression measures it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Drift {
+    /// Frequency error left in the clock, ppm: positive, the clock falls behind and
+    /// must be made faster by that much.
+    pub residual_ppm: f64,
+    /// Its error bound, ppm (chrony's skew).
+    pub skew_ppm: f64,
 }
 
 impl ClockFilter {
@@ -132,6 +169,9 @@ impl ClockFilter {
             config: FilterConfig { length, ..config },
             samples: VecDeque::with_capacity(length),
             held_spikes: 0,
+            register: Register::new(config.max_points, config.min_points),
+            line: None,
+            jumped: false,
         }
     }
 
@@ -148,6 +188,9 @@ impl ClockFilter {
     pub fn clear(&mut self) {
         self.samples.clear();
         self.held_spikes = 0;
+        self.register.clear();
+        self.line = None;
+        self.jumped = false;
     }
 
     /// The local clock was stepped by `step_s` (forward if positive): keep the stored
@@ -159,10 +202,26 @@ impl ClockFilter {
             sample.offset_s -= step_s;
             sample.time = sample.time.add_seconds(step_s);
         }
+        self.register.apply_step(step_s);
+        self.line = self.register.line();
     }
 
-    /// Offer a new sample to the filter.
+    /// The discipline raised the frequency correction by `delta_ppm` at `now`: the
+    /// regression's points are re-expressed accordingly.
+    pub fn rebase_frequency(&mut self, now: LocalTime, delta_ppm: f64) {
+        self.register.rebase_frequency(now, delta_ppm);
+        self.line = self.register.line();
+    }
+
+    /// Offer a new sample to the filter, with no phase correction (a discipline that
+    /// never moved the clock).
     pub fn add(&mut self, sample: Sample) -> AddOutcome {
+        self.add_in_frame(sample, 0.0)
+    }
+
+    /// Offer a new sample; `phase_s` is the phase correction the discipline had
+    /// applied by the sample's time ([`crate::discipline::Discipline::phase_correction_s`]).
+    pub fn add_in_frame(&mut self, sample: Sample, phase_s: f64) -> AddOutcome {
         let fields =
             [sample.offset_s, sample.delay_s, sample.dispersion_s, sample.root_delay_s, sample.root_dispersion_s];
         if fields.iter().any(|value| !value.is_finite()) {
@@ -188,7 +247,56 @@ impl ClockFilter {
             self.samples.pop_front();
         }
         self.samples.push_back(sample);
+        let point = Point {
+            time: sample.time,
+            raw_offset_s: sample.offset_s + phase_s,
+            distance_s: sample.delay_s / 2.0 + sample.dispersion_s,
+        };
+        if let Some(line) = self.line.filter(|l| l.points >= MIN_POINTS_FOR_SLOPE) {
+            let bound_s = point.distance_s + line.prediction_bound_s(point.time);
+            if (point.raw_offset_s - line.raw_at(point.time)).abs() > PHASE_JUMP_FACTOR * bound_s {
+                self.register.clear();
+                self.jumped = true;
+            }
+        }
+        self.line = self.register.push(point);
+        self.jumped &= self.register.len() < MIN_POINTS_FOR_SLOPE;
         AddOutcome::Accepted
+    }
+
+    /// The estimate with the regression's offset at `now` (`phase_now_s`: the phase
+    /// correction applied by then), its deviation as the jitter, and the newest
+    /// sample's time; the delay and dispersion of [`ClockFilter::estimate`].
+    /// `None` after a phase jump until the regression has a slope again.
+    pub fn estimate_in_frame(&self, now: LocalTime, phase_now_s: f64) -> Option<SourceEstimate> {
+        if self.jumped {
+            return None;
+        }
+        let estimate = self.estimate(now)?;
+        let line = self.line?;
+        let newest = self.register.newest()?;
+        if newest.time > now {
+            return Some(estimate);
+        }
+        // Below three points the slope is not known: the newest point, flat.
+        let raw_now = if line.points >= MIN_POINTS_FOR_SLOPE { line.raw_at(now) } else { newest.raw_offset_s };
+        Some(SourceEstimate {
+            time: newest.time,
+            offset_s: raw_now - phase_now_s,
+            jitter_s: if line.points >= MIN_POINTS_FOR_SLOPE { line.deviation_s } else { estimate.jitter_s },
+            ..estimate
+        })
+    }
+
+    /// The source's frequency error, once the regression has a slope.
+    pub fn drift(&self) -> Option<Drift> {
+        let line = self.line.filter(|l| l.points >= MIN_POINTS_FOR_SLOPE)?;
+        Some(Drift { residual_ppm: line.slope * 1e6, skew_ppm: line.skew * 1e6 })
+    }
+
+    /// Points in the regression (chronyc sourcestats' NP).
+    pub fn regression_points(&self) -> usize {
+        self.register.len()
     }
 
     /// RFC 5905 A.5.2 popcorn spike suppressor: compare against the current estimate.
@@ -480,6 +588,48 @@ mod tests {
         let mut filter = noisy_filter();
         filter.clear();
         assert_eq!(filter.estimate(at(100)), None);
+    }
+
+    #[test]
+    fn the_regression_gives_the_offset_now_and_the_drift() {
+        let mut filter = ClockFilter::new(no_spikes());
+        // A clock losing 2 ppm, never corrected; one sample of 8 was delayed 10 ms.
+        for i in 0..16 {
+            let t = i * 16;
+            let (offset_s, delay_s) = if i == 8 { (5e-3, 0.010) } else { (2e-6 * t as f64, 0.0002) };
+            filter.add(sample(t, offset_s, delay_s));
+        }
+        let drift = filter.drift().unwrap();
+        assert!((drift.residual_ppm - 2.0).abs() < 1e-3, "{drift:?}");
+        // The offset at 300 s, 60 s after the newest sample: the line carried on.
+        let estimate = filter.estimate_in_frame(at(300), 0.0).unwrap();
+        assert!((estimate.offset_s - 600e-6).abs() < 1e-6, "{}", estimate.offset_s);
+        assert_eq!(estimate.time, at(240));
+        // 100 µs slewed since: the offset left is that much smaller.
+        let estimate = filter.estimate_in_frame(at(300), 100e-6).unwrap();
+        assert!((estimate.offset_s - 500e-6).abs() < 1e-6, "{}", estimate.offset_s);
+        // The delayed sample bends a noiseless line: the runs test shortens it.
+        assert!((3..16).contains(&filter.regression_points()), "{}", filter.regression_points());
+    }
+
+    #[test]
+    fn a_phase_jump_restarts_the_regression_and_waits_for_a_slope() {
+        let mut filter = ClockFilter::new(no_spikes());
+        for i in 0..8 {
+            filter.add(sample(i * 16, 1e-3, 0.0002));
+        }
+        // The source's time jumps by 5 ms: no estimate from one reading.
+        filter.add(sample(8 * 16, 6e-3, 0.0002));
+        assert_eq!(filter.estimate_in_frame(at(8 * 16), 0.0), None);
+        assert_eq!(filter.drift(), None);
+        filter.add(sample(9 * 16, 6e-3, 0.0002));
+        assert_eq!(filter.estimate_in_frame(at(9 * 16), 0.0), None);
+        // With a third point the new line is the estimate, the old one forgotten.
+        filter.add(sample(10 * 16, 6e-3, 0.0002));
+        let estimate = filter.estimate_in_frame(at(10 * 16), 0.0).unwrap();
+        assert!((estimate.offset_s - 6e-3).abs() < 1e-9, "{}", estimate.offset_s);
+        assert!(filter.drift().unwrap().residual_ppm.abs() < 1e-6);
+        assert_eq!(filter.regression_points(), 3);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod discipline;
 pub mod filter;
 pub mod refclock;
+pub mod regression;
 pub mod selection;
 pub mod serving;
 pub mod source;

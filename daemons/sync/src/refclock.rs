@@ -233,8 +233,10 @@ impl RefclockSource {
     }
 
     /// A raw sample (offset already against the disciplined clock, configured offset
-    /// included), received at `now`.
-    pub fn on_sample(&mut self, raw: RawSample, now: Monotonic) -> RefclockEvent {
+    /// included), received at `now`; `phase_s` gives the discipline's phase correction
+    /// at a time ([`crate::discipline::Discipline::phase_correction_s`]), which puts
+    /// the filtered sample into the regression's frame.
+    pub fn on_sample(&mut self, raw: RawSample, now: Monotonic, phase_s: impl Fn(LocalTime) -> f64) -> RefclockEvent {
         let mut event = RefclockEvent::Collected;
         if self.last_sample.is_none_or(|t| now.seconds_since(t) >= self.silence_s()) {
             if self.last_sample.is_some() {
@@ -254,16 +256,19 @@ impl RefclockSource {
         self.next_poll = Some(if after <= now { now.add_seconds(self.poll_interval_s) } else { after });
         match self.median.poll() {
             PollOutcome::Sample { sample, .. } => {
-                self.filter.add(Sample {
-                    time: sample.time,
-                    offset_s: sample.offset_s,
-                    delay_s: self.settings.delay_s,
-                    dispersion_s: self.settings.precision_s + sample.dispersion_s,
-                    root_delay_s: 0.0,
-                    root_dispersion_s: 0.0,
-                    stratum: self.settings.stratum,
-                    leap: LeapIndicator::NoWarning,
-                });
+                self.filter.add_in_frame(
+                    Sample {
+                        time: sample.time,
+                        offset_s: sample.offset_s,
+                        delay_s: self.settings.delay_s,
+                        dispersion_s: self.settings.precision_s + sample.dispersion_s,
+                        root_delay_s: 0.0,
+                        root_dispersion_s: 0.0,
+                        stratum: self.settings.stratum,
+                        leap: LeapIndicator::NoWarning,
+                    },
+                    phase_s(sample.time),
+                );
                 self.last_update = Some(now);
                 RefclockEvent::Filtered
             }
@@ -487,7 +492,7 @@ mod tests {
         // 250 ms readings for 12 s; every fifth is a 10 ms glitch.
         for i in 0..48 {
             let offset = if i % 5 == 4 { 0.010 } else { 0.000_2 };
-            if r.on_sample(raw(i * 250, offset), Monotonic(i * 250_000_000)) == RefclockEvent::Filtered {
+            if r.on_sample(raw(i * 250, offset), Monotonic(i * 250_000_000), |_| 0.0) == RefclockEvent::Filtered {
                 polls += 1;
             }
         }
@@ -503,13 +508,13 @@ mod tests {
     fn a_silence_empties_the_filters_and_the_return_needs_four_samples() {
         let mut r = RefclockSource::new(source_settings(0, 1));
         for i in 0..3 {
-            r.on_sample(raw(i * 1000, 0.0), Monotonic(i * 1_000_000_000));
+            r.on_sample(raw(i * 1000, 0.0), Monotonic(i * 1_000_000_000), |_| 0.0);
         }
         assert_eq!(r.samples_since_silence, 3);
-        r.on_sample(raw(3000, 0.0), Monotonic(3_000_000_000));
+        r.on_sample(raw(3000, 0.0), Monotonic(3_000_000_000), |_| 0.0);
         assert_eq!(r.samples_since_silence, 4);
         // 9 s of silence: everything before it is forgotten.
-        assert_eq!(r.on_sample(raw(12_000, 0.0), Monotonic(12_000_000_000)), RefclockEvent::Back);
+        assert_eq!(r.on_sample(raw(12_000, 0.0), Monotonic(12_000_000_000), |_| 0.0), RefclockEvent::Back);
         assert_eq!(r.samples_since_silence, 1);
         assert_eq!(r.filter.samples().count(), 0);
         assert!(!r.reachable(Monotonic(12_000_000_000)));

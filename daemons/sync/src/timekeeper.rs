@@ -249,7 +249,7 @@ impl Timekeeper {
         let mut actions = Vec::new();
         // A sample the filter rejects (a spike, beyond maxdelay) is the filter's
         // business; selection still runs, as the estimates age.
-        let _ = u.filter.add(sample);
+        let _ = u.filter.add_in_frame(sample, self.discipline.phase_correction_s(sample.time));
         u.last_sample = Some((now, sample));
         if self.log_records {
             actions.push(Action::Log(LogRecord::Measurement {
@@ -298,7 +298,8 @@ impl Timekeeper {
         }
         let raw = RawSample { offset_s: raw.offset_s + r.settings.offset_s, ..raw };
         let mut actions = Vec::new();
-        match r.on_sample(raw, now) {
+        let discipline = &self.discipline;
+        match r.on_sample(raw, now, |time| discipline.phase_correction_s(time)) {
             RefclockEvent::Filtered => self.update(raw.time, now, &mut actions),
             RefclockEvent::Back => {
                 actions.push(Action::Notice(format!("refclock {} is back", refid_name(r.settings.refid))))
@@ -378,17 +379,19 @@ impl Timekeeper {
 
     /// Selection, discipline, and what the server says.
     fn update(&mut self, clock: LocalTime, now: Monotonic, actions: &mut Vec<Action>) {
+        // Every source's offset now, in the same frame: slews since its sample count.
+        let phase_now_s = self.discipline.phase_correction_s(clock);
         let mut candidates: Vec<Candidate> = self
             .upstreams
             .iter()
             .filter_map(|u| {
-                let estimate = u.filter.estimate(clock)?;
+                let estimate = u.filter.estimate_in_frame(clock, phase_now_s)?;
                 let options = u.source.options().select;
                 Some(Candidate { id: u.source.id(), options, estimate, reachable: u.source.reachable() })
             })
             .collect();
         for (i, r) in self.refclocks.iter().enumerate() {
-            let Some(estimate) = r.filter.estimate(clock) else { continue };
+            let Some(estimate) = r.filter.estimate_in_frame(clock, phase_now_s) else { continue };
             let s = &r.settings;
             candidates.push(Candidate {
                 id: SourceId(REFCLOCK_ID_BASE + i as u32),
@@ -471,8 +474,10 @@ impl Timekeeper {
             time: clock,
             offset_s: system.offset_s,
             root_distance_s: system.root_delay_s / 2.0 + system.root_dispersion_s,
+            drift: selection.system_peer.and_then(|peer| self.filter(peer)).and_then(ClockFilter::drift),
             leap: system.leap,
         };
+        let frequency_before_ppm = self.discipline.frequency_ppm();
         let requests = match self.discipline.update(estimate) {
             Ok(requests) => requests,
             Err(e) => {
@@ -480,6 +485,17 @@ impl Timekeeper {
                 return;
             }
         };
+        // The sources' points are re-expressed for the new frequency, as if it had
+        // been set all along (chrony's SST_SlewSamples).
+        let delta_ppm = self.discipline.frequency_ppm() - frequency_before_ppm;
+        if delta_ppm != 0.0 {
+            for u in &mut self.upstreams {
+                u.filter.rebase_frequency(clock, delta_ppm);
+            }
+            for r in &mut self.refclocks {
+                r.filter.rebase_frequency(clock, delta_ppm);
+            }
+        }
         for request in requests {
             if let ClockAction::Step { offset_s } = request {
                 // The stored measurements move with the clock. The use-once mark and
@@ -500,6 +516,14 @@ impl Timekeeper {
             frequency_ppm: self.discipline.frequency_ppm(),
             skew_ppm: self.discipline.skew_ppm(),
         });
+    }
+
+    /// The clock filter of source `id`, upstream or refclock.
+    fn filter(&self, id: SourceId) -> Option<&ClockFilter> {
+        match id.0.checked_sub(REFCLOCK_ID_BASE) {
+            Some(i) => self.refclocks.get(i as usize).map(|r| &r.filter),
+            None => self.upstream(id).map(|u| &u.filter),
+        }
     }
 
     /// The clock's own rate error in chronyc's sense (positive: fast), which is the
