@@ -160,6 +160,8 @@ pub struct Drift {
     pub residual_ppm: f64,
     /// Its error bound, ppm (chrony's skew).
     pub skew_ppm: f64,
+    /// Its standard error, ppm (what sources are combined by).
+    pub sd_ppm: f64,
 }
 
 impl ClockFilter {
@@ -291,7 +293,7 @@ impl ClockFilter {
     /// The source's frequency error, once the regression has a slope.
     pub fn drift(&self) -> Option<Drift> {
         let line = self.line.filter(|l| l.points >= MIN_POINTS_FOR_SLOPE)?;
-        Some(Drift { residual_ppm: line.slope * 1e6, skew_ppm: line.skew * 1e6 })
+        Some(Drift { residual_ppm: line.slope * 1e6, skew_ppm: line.skew * 1e6, sd_ppm: line.slope_sd * 1e6 })
     }
 
     /// Points in the regression (chronyc sourcestats' NP).

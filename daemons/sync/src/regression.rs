@@ -74,6 +74,8 @@ pub struct Line {
     /// The slope's error bound, s/s (chrony's skew); infinite below
     /// [`MIN_POINTS_FOR_SLOPE`] points.
     pub skew: f64,
+    /// The slope's standard error, s/s (infinite below [`MIN_POINTS_FOR_SLOPE`]).
+    pub slope_sd: f64,
     /// Standard deviation of the points about the line, seconds (chrony's std dev).
     pub deviation_s: f64,
     /// Points in the regression.
@@ -242,15 +244,15 @@ impl Register {
                 r * r / variance[i]
             })
             .sum();
-        let (skew, deviation_s) = if kept >= MIN_POINTS_FOR_SLOPE && sxx > 0.0 {
+        let (slope_sd, skew, deviation_s) = if kept >= MIN_POINTS_FOR_SLOPE && sxx > 0.0 {
             let dof = kept - 2;
             let residual_variance = chi2 / dof as f64;
-            let skew = (residual_variance / sxx).sqrt() * student_t_99_95(dof);
+            let slope_sd = (residual_variance / sxx).sqrt();
             // The weighted mean of the points' variances.
             let deviation_s = (residual_variance * kept as f64 / w_sum).sqrt();
-            (skew, deviation_s.max(MIN_DEVIATION_S))
+            (slope_sd, slope_sd * student_t_99_95(dof), deviation_s.max(MIN_DEVIATION_S))
         } else {
-            (f64::INFINITY, MIN_DEVIATION_S)
+            (f64::INFINITY, f64::INFINITY, MIN_DEVIATION_S)
         };
 
         let (mut weight_sum, mut sum_x) = (0.0, 0.0);
@@ -271,6 +273,7 @@ impl Register {
             intercept_s,
             slope,
             skew,
+            slope_sd,
             deviation_s,
             points: kept,
             bound_weight_sum: weight_sum,

@@ -24,9 +24,9 @@ use strata_proto::ipc::{
 use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 
 use crate::discipline::{ClockAction, ClockEstimate, ConfigError, Discipline, DisciplineConfig, MakeStep};
-use crate::filter::{ClockFilter, FilterConfig};
+use crate::filter::{ClockFilter, Drift, FilterConfig};
 use crate::refclock::{RawSample, RefclockEvent, RefclockSource};
-use crate::selection::{Candidate, Selection, SelectionConfig, select};
+use crate::selection::{Candidate, Selection, SelectionConfig, SourceState, select};
 use crate::serving::ServerState;
 use crate::source::{IgnoreReason, NtpSource, Response, ServerOptions};
 use crate::{LocalTime, Monotonic, Sample, SelectOptions, SourceId};
@@ -474,7 +474,7 @@ impl Timekeeper {
             time: clock,
             offset_s: system.offset_s,
             root_distance_s: system.root_delay_s / 2.0 + system.root_dispersion_s,
-            drift: selection.system_peer.and_then(|peer| self.filter(peer)).and_then(ClockFilter::drift),
+            drift: self.combined_drift(&selection),
             leap: system.leap,
         };
         let frequency_before_ppm = self.discipline.frequency_ppm();
@@ -516,6 +516,33 @@ impl Timekeeper {
             frequency_ppm: self.discipline.frequency_ppm(),
             skew_ppm: self.discipline.skew_ppm(),
         });
+    }
+
+    /// The sources that went into the system estimate.
+    fn combined_ids<'a>(selection: &'a Selection) -> impl Iterator<Item = SourceId> + 'a {
+        selection
+            .states
+            .iter()
+            .filter(|(_, state)| matches!(state, SourceState::Selected | SourceState::Combined))
+            .map(|&(id, _)| id)
+    }
+
+    /// chrony's `combine_sources` for the frequency: the combined sources' drifts
+    /// weighted by 1 / standard error², the skew from theirs.
+    fn combined_drift(&self, selection: &Selection) -> Option<Drift> {
+        let drifts: Vec<Drift> =
+            Self::combined_ids(selection).filter_map(|id| self.filter(id)).filter_map(ClockFilter::drift).collect();
+        let weight = |d: &Drift| 1.0 / (d.sd_ppm * d.sd_ppm).max(f64::MIN_POSITIVE);
+        let weight_sum: f64 = drifts.iter().map(weight).sum();
+        if drifts.is_empty() || !weight_sum.is_finite() {
+            return None;
+        }
+        let inverse_skew2: f64 = drifts.iter().map(|d| 1.0 / (d.skew_ppm * d.skew_ppm).max(f64::MIN_POSITIVE)).sum();
+        Some(Drift {
+            residual_ppm: drifts.iter().map(|d| weight(d) * d.residual_ppm).sum::<f64>() / weight_sum,
+            skew_ppm: 1.0 / inverse_skew2.sqrt(),
+            sd_ppm: 1.0 / weight_sum.sqrt(),
+        })
     }
 
     /// The clock filter of source `id`, upstream or refclock.
