@@ -11,8 +11,11 @@
 //!   (a reading that took unusually long says less);
 //! - of the rest, about 60 % nearest the median offset are kept (chrony's combine
 //!   ratio) and averaged: offset and time are means; the dispersion is the larger
-//!   of their mean dispersion and the standard deviation of their offsets;
-//! - `maxdispersion`: a result with a larger dispersion is dropped;
+//!   of their mean dispersion and the standard error of the mean, from the filter's
+//!   long-term variance unless this poll's is significantly larger (chrony's
+//!   samplefilt.c: the regression weighs polls by it, and one poll's variance from
+//!   a few readings is noisy);
+//! - `maxdispersion`: a poll whose readings deviate more is dropped;
 //! - after a poll the filter starts empty ("samples collected between polls").
 //!
 //! For a polled driver (PHC, SHM, PPS) the filter cannot hold more samples than one
@@ -74,6 +77,10 @@ pub struct MedianFilter {
     max_dispersion_s: Option<f64>,
     /// Oldest first.
     samples: VecDeque<RawSample>,
+    /// The long-term variance of the readings about their poll's mean, and the
+    /// degrees of freedom behind it (chrony's `avg_var`, `avg_var_n`).
+    average_variance: f64,
+    average_dof: f64,
 }
 
 impl MedianFilter {
@@ -81,7 +88,13 @@ impl MedianFilter {
     /// `maxdispersion` (`None`: no limit, chrony's default).
     pub fn new(length: usize, max_dispersion_s: Option<f64>) -> MedianFilter {
         let length = length.max(1);
-        MedianFilter { length, max_dispersion_s, samples: VecDeque::with_capacity(length) }
+        MedianFilter {
+            length,
+            max_dispersion_s,
+            samples: VecDeque::with_capacity(length),
+            average_variance: 0.0,
+            average_dof: 0.0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -126,17 +139,62 @@ impl MedianFilter {
         // Mean time, computed from the first one so that i64 nanoseconds do not overflow.
         let first = kept[0].time;
         let mean_since_first_s = kept.iter().map(|s| s.time.seconds_since(first)).sum::<f64>() / n;
-        let variance = kept.iter().map(|s| (s.offset_s - offset_s).powi(2)).sum::<f64>() / n;
-        let mean_dispersion_s = kept.iter().map(|s| s.dispersion_s).sum::<f64>() / n;
-        let dispersion_s = mean_dispersion_s.max(variance.sqrt());
-        if self.max_dispersion_s.is_some_and(|max| dispersion_s > max) {
-            return PollOutcome::DispersionTooLarge(dispersion_s);
+        let dof = kept.len().saturating_sub(1);
+        let variance = if dof > 0 {
+            kept.iter().map(|s| (s.offset_s - offset_s).powi(2)).sum::<f64>() / dof as f64
+        } else {
+            self.average_variance
         }
+        .max(MIN_VARIANCE_S2);
+        if self.max_dispersion_s.is_some_and(|max| variance.sqrt() > max) {
+            return PollOutcome::DispersionTooLarge(variance.sqrt());
+        }
+        // The error of the mean, from the long-term variance unless this poll's is
+        // significantly larger (chrony's samplefilt.c): one poll's estimate from a
+        // few readings is noisy, and the regression weighs the polls by it.
+        let previous = self.remember_variance(variance, dof as f64);
+        let typical = variance * dof as f64 / chi2_90(dof) < previous;
+        let mean_error_s = (if typical { self.average_variance } else { variance } / n).sqrt();
+        let mean_dispersion_s = kept.iter().map(|s| s.dispersion_s).sum::<f64>() / n;
+        let dispersion_s = mean_dispersion_s.max(mean_error_s);
         PollOutcome::Sample {
             sample: RawSample { time: first.add_seconds(mean_since_first_s), offset_s, dispersion_s },
             combined: kept.len(),
         }
     }
+}
+
+impl MedianFilter {
+    /// Fold one poll's variance into the long-term average: a plain average over
+    /// the first 50 degrees of freedom, then a moving one. Returns the average before.
+    fn remember_variance(&mut self, variance: f64, dof: f64) -> f64 {
+        let previous = if self.average_dof == 0.0 { variance } else { self.average_variance };
+        if self.average_dof > 50.0 {
+            self.average_variance += dof / (dof + 50.0) * (variance - self.average_variance);
+        } else if dof > 0.0 {
+            self.average_variance =
+                (self.average_variance * self.average_dof + variance * dof) / (dof + self.average_dof);
+            self.average_dof += dof;
+        }
+        previous
+    }
+}
+
+/// A variance floor, s² (chrony's): a zero would weigh a poll infinitely.
+const MIN_VARIANCE_S2: f64 = 1e-20;
+
+/// The chi-square distribution's 90 % quantile for `dof` degrees of freedom
+/// (Wilson–Hilferty's approximation; 2.71 for one); 0 for none.
+fn chi2_90(dof: usize) -> f64 {
+    if dof == 0 {
+        return 0.0;
+    }
+    let k = dof as f64;
+    let z = 1.281_551_565_545; // the normal distribution's 90 % quantile
+    if dof == 1 {
+        return z * z; // exact: the square of a normal variable
+    }
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
 }
 
 /// chrony's `select_samples`: drop the readings with a dispersion above 1.5 × the
@@ -326,6 +384,31 @@ mod tests {
             PollOutcome::Sample { sample, combined } => (sample, combined),
             other => panic!("no result: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_poll_that_looks_quiet_by_chance_keeps_the_long_term_error() {
+        let mut f = MedianFilter::new(16, None);
+        // Readings ±1 µs about 0: the mean of 16 is known to about 0.25 µs.
+        for poll in 0..10 {
+            for i in 0..16 {
+                f.add(raw(poll * 16_000 + i * 1000, if i % 2 == 0 { 1e-6 } else { -1e-6 }));
+            }
+            let (s, _) = result(f.poll());
+            assert!((s.dispersion_s - 1e-6 / 4.0).abs() < 0.02e-6, "{}", s.dispersion_s);
+        }
+        // Sixteen identical readings: not a perfect mean, the usual error.
+        for i in 0..16 {
+            f.add(raw(160_000 + i * 1000, 0.3e-6));
+        }
+        let (s, _) = result(f.poll());
+        assert!((s.dispersion_s - 1e-6 / 4.0).abs() < 0.02e-6, "{}", s.dispersion_s);
+        // A poll far noisier than usual says so.
+        for i in 0..16 {
+            f.add(raw(176_000 + i * 1000, if i % 2 == 0 { 20e-6 } else { -20e-6 }));
+        }
+        let (s, _) = result(f.poll());
+        assert!(s.dispersion_s > 4e-6, "{}", s.dispersion_s);
     }
 
     #[test]
