@@ -615,6 +615,20 @@ pub fn slew_rate_ppm(offset_s: f64, max_rate_ppm: f64) -> f64 {
     (offset_s.abs() / MIN_SLEW_DURATION_S * 1e6).min(max_rate_ppm)
 }
 
+/// The most a clock's frequency is run off through ADJ_FREQUENCY, ppm (adjtimex
+/// `MAXFREQ`): all a PHC has; the system clock goes beyond it with its tick.
+pub const KERNEL_MAX_FREQUENCY_PPM: f64 = 500.0;
+
+/// The fastest `backend` slews under a policy rate of `policy_ppm`: a PHC within
+/// [`KERNEL_MAX_FREQUENCY_PPM`], the others at the policy's rate. The engine models
+/// slews at this rate.
+pub fn backend_slew_rate_ppm(backend: ClockBackendKind, policy_ppm: f64) -> f64 {
+    match backend {
+        ClockBackendKind::Phc => policy_ppm.min(KERNEL_MAX_FREQUENCY_PPM),
+        ClockBackendKind::None | ClockBackendKind::System | ClockBackendKind::Simulated => policy_ppm,
+    }
+}
+
 /// Adjuster → engine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AdjusterToEngine {

@@ -16,9 +16,11 @@ use std::os::unix::fs::FileExt;
 use strata_proto::clock_model::{ClockModel, RECORD_LEN};
 use strata_proto::ipc::{ClockBackendKind, KernelLeap};
 
-/// The most the kernel lets a clock's frequency be off, ppm (adjtimex `MAXFREQ`):
-/// the correction and a slew together stay inside it.
-pub const KERNEL_MAX_FREQUENCY_PPM: f64 = 500.0;
+pub use strata_proto::ipc::KERNEL_MAX_FREQUENCY_PPM;
+
+/// The most CLOCK_REALTIME's frequency is run off, ppm: its tick moves ±10 %
+/// (chrony's limit too), less a margin for the frequency field's rounding.
+pub const SYSTEM_MAX_FREQUENCY_PPM: f64 = 99_000.0;
 
 /// A change the policy has already allowed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,17 +44,38 @@ pub enum Backend {
 /// The clock operations slewing needs from clock_adjtime: a frequency and a step
 /// (a PHC has no adjtime-style slew at all; CLOCK_REALTIME's is too coarse).
 pub trait TunableClock {
+    /// The total frequency offset the clock can be run at, ppm.
+    fn max_frequency_ppm(&self) -> f64;
     fn set_frequency(&self, ppm: f64) -> std::io::Result<()>;
     fn step(&self, offset_s: f64) -> std::io::Result<()>;
 }
 
 impl TunableClock for strata_sys::KernelClock {
+    fn max_frequency_ppm(&self) -> f64 {
+        if self.is_realtime() { SYSTEM_MAX_FREQUENCY_PPM } else { KERNEL_MAX_FREQUENCY_PPM }
+    }
+
     fn set_frequency(&self, ppm: f64) -> std::io::Result<()> {
-        strata_sys::KernelClock::set_frequency(self, ppm)
+        if !self.is_realtime() {
+            return strata_sys::KernelClock::set_frequency(self, ppm);
+        }
+        // Whole tick microseconds for the bulk, ADJ_FREQUENCY for the rest (chrony's
+        // sys_linux.c): within ±500 ppm the tick stays nominal.
+        let (tick_us, frequency_ppm) = split_tick(ppm, strata_sys::nominal_tick_us());
+        strata_sys::KernelClock::set_frequency_and_tick(self, frequency_ppm, tick_us)
     }
     fn step(&self, offset_s: f64) -> std::io::Result<()> {
         strata_sys::KernelClock::step(self, offset_s)
     }
+}
+
+/// A frequency as CLOCK_REALTIME's tick (µs) and the ADJ_FREQUENCY rest (ppm): the
+/// tick moves only for rates beyond the frequency field's 500 ppm, so that a clock
+/// merely corrected never has its tick touched.
+fn split_tick(ppm: f64, nominal_tick_us: f64) -> (i64, f64) {
+    let ppm_per_tick_us = 1e6 / nominal_tick_us;
+    let ticks = if ppm.abs() <= KERNEL_MAX_FREQUENCY_PPM { 0.0 } else { (ppm / ppm_per_tick_us).round() };
+    (nominal_tick_us as i64 + ticks as i64, ppm - ticks * ppm_per_tick_us)
 }
 
 /// A kernel clock slewed the way chrony and phc2sys do it: by running its frequency
@@ -69,7 +92,10 @@ pub struct SlewedClock<C> {
 }
 
 impl<C: TunableClock> SlewedClock<C> {
+    /// `frequency_ppm`: what the kernel says now; a rate beyond what a correction can
+    /// be is a slew a previous adjuster left running, not a correction to keep.
     pub fn new(clock: C, device: Option<OwnedFd>, frequency_ppm: f64) -> SlewedClock<C> {
+        let frequency_ppm = frequency_ppm.clamp(-KERNEL_MAX_FREQUENCY_PPM, KERNEL_MAX_FREQUENCY_PPM);
         SlewedClock { clock, _device: device, frequency_ppm, slew: None }
     }
 
@@ -87,7 +113,8 @@ impl<C: TunableClock> SlewedClock<C> {
             Change::Frequency { ppm } => {
                 self.frequency_ppm = ppm;
                 let slewing = self.slew.map_or(0.0, |(rate, _)| rate);
-                self.clock.set_frequency((ppm + slewing).clamp(-KERNEL_MAX_FREQUENCY_PPM, KERNEL_MAX_FREQUENCY_PPM))
+                let max_ppm = self.clock.max_frequency_ppm();
+                self.clock.set_frequency((ppm + slewing).clamp(-max_ppm, max_ppm))
             }
             Change::Step { offset_s } => {
                 self.clock.step(offset_s)?;
@@ -99,7 +126,7 @@ impl<C: TunableClock> SlewedClock<C> {
                 }
                 // What the kernel's limit leaves of the rate on this side (at least a
                 // little: a correction at the limit must still be slewable back).
-                let room_ppm = (KERNEL_MAX_FREQUENCY_PPM - self.frequency_ppm * offset_s.signum()).max(1.0);
+                let room_ppm = (self.clock.max_frequency_ppm() - self.frequency_ppm * offset_s.signum()).max(1.0);
                 let rate_ppm = strata_proto::ipc::slew_rate_ppm(offset_s, rate_ppm).min(room_ppm);
                 let end = now_ns + (offset_s.abs() / (rate_ppm * 1e-6) * 1e9).round() as i64;
                 self.slew = Some((rate_ppm.copysign(offset_s), end));
@@ -310,6 +337,9 @@ mod tests {
     }
 
     impl TunableClock for &FakePhc {
+        fn max_frequency_ppm(&self) -> f64 {
+            KERNEL_MAX_FREQUENCY_PPM
+        }
         fn set_frequency(&self, ppm: f64) -> std::io::Result<()> {
             self.calls.borrow_mut().push(format!("freq {ppm}"));
             Ok(())
@@ -334,6 +364,22 @@ mod tests {
         assert_eq!(phc.slew_end_ns(), None);
         // 0.5 s at 12 ppm: the kernel's 500 ppm limit leaves 488 ppm.
         assert_eq!(*fake.calls.borrow(), ["freq -490", "freq -488", "freq 12", "freq 500", "step 0.25", "freq 12"]);
+    }
+
+    #[test]
+    fn the_system_clock_slews_fast_through_its_tick_and_a_correction_never_moves_it() {
+        // At 100 Hz a tick µs is 100 ppm: 83 348.3 ppm is 833 µs more tick and 48.3 ppm.
+        let (tick_us, ppm) = split_tick(83_333.3 + 15.0, 10_000.0);
+        assert_eq!(tick_us, 10_833);
+        assert!((ppm - 48.3).abs() < 1e-6, "{ppm}");
+        assert_eq!(split_tick(-83_000.0, 10_000.0), (9_170, 0.0));
+        // A correction (up to the 500 ppm ADJ_FREQUENCY takes) leaves the tick alone.
+        assert_eq!(split_tick(499.5, 10_000.0), (10_000, 499.5));
+        assert_eq!(split_tick(-12.25, 10_000.0), (10_000, -12.25));
+
+        // A slew of a previous adjuster is not taken for a correction.
+        let fake = FakePhc::default();
+        assert_eq!(SlewedClock::new(&fake, None, 83_000.0).frequency_ppm(), KERNEL_MAX_FREQUENCY_PPM);
     }
 
     #[test]

@@ -75,6 +75,8 @@ impl Timekeeping {
 
     pub fn clock_status(&mut self, status: ClockStatus) {
         self.system.set_adjustable(status.backend != ClockBackendKind::None);
+        self.system
+            .set_max_slew_rate_ppm(strata_proto::ipc::backend_slew_rate_ppm(status.backend, ADJUSTER_SLEW_RATE_PPM));
         self.system.set_automatic_steps_allowed(status.automatic_steps_allowed && status.steps_left > 0);
         self.clock = Some(status);
     }

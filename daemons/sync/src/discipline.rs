@@ -59,8 +59,7 @@ pub use crate::filter::Drift;
 /// chrony's default `maxslewrate`: 1/12, the most adjtimex's `tick` can slew.
 pub const DEFAULT_MAX_SLEW_RATE_PPM: f64 = 1e6 / 12.0;
 
-/// The frequency range of Linux's `ADJ_FREQUENCY` (`MAXFREQ`, 500 ppm).
-pub const KERNEL_MAX_FREQUENCY_PPM: f64 = 500.0;
+pub use strata_proto::ipc::KERNEL_MAX_FREQUENCY_PPM;
 
 /// chrony's default `maxupdateskew`.
 pub const DEFAULT_MAX_UPDATE_SKEW_PPM: f64 = 1000.0;
@@ -293,6 +292,14 @@ impl Discipline {
     /// adjuster has authorised it), whatever the makestep window says.
     pub fn step_at_next_update(&mut self) {
         self.operator_step = true;
+    }
+
+    /// The rate at which the adjuster slews, ppm (its policy's, or its backend's
+    /// limit: `ipc::backend_slew_rate_ppm`); ignored unless in (0, 1e6).
+    pub fn set_max_slew_rate_ppm(&mut self, ppm: f64) {
+        if ppm > 0.0 && ppm < 1e6 {
+            self.config.max_slew_rate_ppm = ppm;
+        }
     }
 
     /// What the adjuster says of automatic steps (`ClockStatus`): `false` turns the

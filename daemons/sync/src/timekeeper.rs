@@ -367,6 +367,12 @@ impl Timekeeper {
 
     /// Whether the adjuster still takes automatic steps (`ClockStatus`): when it
     /// does not, offsets beyond `makestep` are slewed.
+    /// The adjuster's slew rate for its backend (`ipc::backend_slew_rate_ppm`), which
+    /// the discipline models the slews' progress with.
+    pub fn set_max_slew_rate_ppm(&mut self, ppm: f64) {
+        self.discipline.set_max_slew_rate_ppm(ppm);
+    }
+
     pub fn set_automatic_steps_allowed(&mut self, allowed: bool) {
         self.discipline.set_automatic_steps_allowed(allowed);
     }

@@ -348,6 +348,14 @@ pub fn open_device(path: &std::path::Path, writable: bool) -> io::Result<OwnedFd
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// The system clock's nominal tick, µs: 10⁶ / USER_HZ, rounded (10 000 at 100 Hz).
+pub fn nominal_tick_us() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as i64 } else { 100 };
+    ((1_000_000 + hz / 2) / hz) as f64
+}
+
 /// A kernel clock driven through `clock_adjtime(2)`: CLOCK_REALTIME, or a PTP
 /// hardware clock (`/dev/ptpN`, opened read-write by the supervisor).
 #[derive(Clone, Copy, Debug)]
@@ -382,6 +390,11 @@ impl KernelClock {
         self.id
     }
 
+    /// Whether this is CLOCK_REALTIME (which has a tick), not a PHC.
+    pub fn is_realtime(&self) -> bool {
+        self.id == libc::CLOCK_REALTIME
+    }
+
     fn adjtime(&self, tx: &mut libc::timex) -> io::Result<i32> {
         // SAFETY: `tx` is a valid, exclusively borrowed timex for the duration of the
         // call; the kernel reads the fields selected by `modes` and writes the struct
@@ -407,11 +420,28 @@ impl KernelClock {
         Ok(ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
     }
 
-    /// Read the clock's state; changes nothing (modes = 0).
+    /// Read the clock's state; changes nothing (modes = 0). CLOCK_REALTIME's
+    /// frequency includes its tick's ([`KernelClock::set_frequency_and_tick`]).
     pub fn read(&self) -> io::Result<KernelClockState> {
         let mut tx = KernelClock::blank();
         let state = self.adjtime(&mut tx)?;
-        Ok(KernelClockState { frequency_ppm: tx.freq as f64 / 65536.0, status: tx.status, state })
+        let mut frequency_ppm = tx.freq as f64 / 65536.0;
+        if self.id == libc::CLOCK_REALTIME {
+            let nominal_us = nominal_tick_us();
+            frequency_ppm += (tx.tick as f64 - nominal_us) * 1e6 / nominal_us;
+        }
+        Ok(KernelClockState { frequency_ppm, status: tx.status, state })
+    }
+
+    /// Set CLOCK_REALTIME's tick (µs added per clock interrupt, ±10 % of
+    /// [`nominal_tick_us`]) and frequency correction together (ADJ_TICK |
+    /// ADJ_FREQUENCY): the tick reaches rates beyond ADJ_FREQUENCY's 500 ppm.
+    pub fn set_frequency_and_tick(&self, ppm: f64, tick_us: i64) -> io::Result<()> {
+        let mut tx = KernelClock::blank();
+        tx.modes = libc::ADJ_FREQUENCY | libc::ADJ_TICK;
+        tx.freq = (ppm * 65536.0).round() as libc::c_long;
+        tx.tick = tick_us as libc::c_long;
+        self.adjtime(&mut tx).map(|_| ())
     }
 
     /// Set the frequency correction (ADJ_FREQUENCY, scaled ppm: ppm · 2^16).
@@ -466,6 +496,7 @@ mod kernel_clock_tests {
         assert_eq!(libc::ADJ_SETOFFSET, 0x0100);
         assert_eq!(libc::ADJ_NANO, 0x2000);
         assert_eq!(libc::ADJ_STATUS, 0x0010);
+        assert_eq!(libc::ADJ_TICK, 0x4000);
         assert_eq!((libc::STA_INS, libc::STA_DEL), (0x0010, 0x0020));
         // struct timex on x86_64/aarch64: 208 bytes (11 longs, a timeval, padding).
         assert_eq!(std::mem::size_of::<libc::timex>(), 208);
