@@ -182,21 +182,21 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_is_500_ppm() {
+    fn the_policy_is_chronys_maxslewrate_and_the_kernels_frequency_range() {
         let limits = Limits::policy();
-        assert_eq!(limits.max_slew_rate_ppm, 500.0);
+        assert!((limits.max_slew_rate_ppm - 1e6 / 12.0).abs() < 1e-3);
         assert_eq!(limits.max_frequency_ppm, 500.0);
     }
 
     #[test]
-    fn a_slew_corrects_exactly_the_offset_at_500_ppm_then_stops() {
-        // The adjuster's own test: 1 ms at 500 ppm takes 2 s.
+    fn a_slew_corrects_exactly_the_offset_over_at_least_a_second_then_stops() {
+        // The adjuster's rule: 1 ms is slewed over the shortest slew, a second.
         let mut rng = Rng::new(1);
         let mut c = clock(0.0, 0.0);
         assert_eq!(c.apply(ClockAction::Slew { offset_s: 0.001 }), Applied::Done);
-        c.advance(1.0, &mut rng);
+        c.advance(0.5, &mut rng);
         assert!(close(c.offset_s(), -0.0005), "{}", c.offset_s());
-        c.advance(1.0, &mut rng);
+        c.advance(0.5, &mut rng);
         assert!(close(c.offset_s(), -0.001));
         assert_eq!(c.slew_left_s(), 0.0);
         c.advance(8.0, &mut rng);
@@ -215,12 +215,12 @@ mod tests {
         let mut rng = Rng::new(1);
         let mut c = clock(0.0, 0.0);
         c.apply(ClockAction::Slew { offset_s: 0.010 });
-        c.advance(2.0, &mut rng); // 1 ms done
+        c.advance(0.1, &mut rng); // 1 ms done, at 10 000 ppm
         c.apply(ClockAction::Slew { offset_s: -0.001 }); // not "9 ms − 1 ms": replaced
         c.advance(10.0, &mut rng);
         assert!(close(c.offset_s(), -0.001 + 0.001), "{}", c.offset_s());
         c.apply(ClockAction::Slew { offset_s: 0.004 });
-        c.advance(2.0, &mut rng);
+        c.advance(0.25, &mut rng); // 1 ms done, at 4 000 ppm
         c.apply(ClockAction::Slew { offset_s: 0.0 });
         c.advance(10.0, &mut rng);
         assert!(close(c.offset_s(), -0.001));
@@ -228,16 +228,18 @@ mod tests {
 
     #[test]
     fn a_step_moves_the_clock_and_cancels_the_slew() {
-        // The adjuster's test: 0.5 s ahead (offset −0.5), 30 ppm fast, a 1 s slew, at
-        // 1 s a −0.5 s step: 530 µs ahead, no more slewing.
+        // The adjuster's test: 0.5 s ahead (offset −0.5), 30 ppm fast, a 1 s slew at
+        // the policy's rate, at 1 s a −0.5 s step: that rate and 30 ppm ahead, no
+        // more slewing.
         let mut rng = Rng::new(1);
+        let rate = Limits::policy().max_slew_rate_ppm * 1e-6;
         let mut c = clock(-0.5, 30.0);
         c.apply(ClockAction::Slew { offset_s: 1.0 });
         c.advance(1.0, &mut rng);
         assert_eq!(c.apply(ClockAction::Step { offset_s: -0.5 }), Applied::Done);
-        assert!(close(c.offset_s(), -530e-6), "{}", c.offset_s());
+        assert!(close(c.offset_s(), -(rate + 30e-6)), "{}", c.offset_s());
         c.advance(1.0, &mut rng);
-        assert!(close(c.offset_s(), -560e-6));
+        assert!(close(c.offset_s(), -(rate + 60e-6)));
         assert_eq!(c.steps, 1);
     }
 
