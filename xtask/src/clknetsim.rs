@@ -427,8 +427,12 @@ fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, trace: 
     let client = match daemon {
         Daemon::Chronyd => {
             let conf = dir.join("client.conf");
-            // No command socket (chronyd would try /run/chrony), no driftfile.
-            write(&conf, &format!("pidfile {}/client.pid\ncmdport 0\n{client_conf}", dir.display()))?;
+            // No command socket (chronyd would try /run/chrony), no driftfile; its
+            // statistics, tracking and refclocks logs in the run's directory, to hold
+            // against strata-simnode's --trace.
+            let logs = "log statistics tracking refclocks";
+            let head = format!("pidfile {0}/client.pid\ncmdport 0\nlogdir {0}\n{logs}\n", dir.display());
+            write(&conf, &format!("{head}{client_conf}"))?;
             spawn(1, &tools.chronyd, &["-d", "-f", conf.to_str().unwrap_or_default()], "log.1")?
         }
         Daemon::Strata => {
