@@ -12,16 +12,22 @@
 //! - root delay, root dispersion, stratum and leap from the newest sample (the RFC's
 //!   peer variables come from the latest packet).
 //!
-//! Additions from chrony: `maxdelay` (samples with a larger delay are rejected), and
-//! a popcorn-spike suppressor (RFC A.5.2, SGATE): a sample whose offset jumps by more
-//! than `spike_gate` × jitter from the current estimate is held back, unless it is the
-//! `max_held_spikes + 1`-th such sample in a row (a real step must get through).
+//! Additions from chrony: `maxdelay` (samples with a larger delay are rejected).
+//!
 //! Every accepted sample also goes into the source's [`Register`] (chrony's
 //! sourcestats regression, [`crate::regression`]), in the discipline's raw frame:
 //! [`ClockFilter::estimate_in_frame`] takes its offset and jitter from the regression
 //! line (the offset now, slews since the sample included), and its frequency error
 //! from the line's slope ([`ClockFilter::drift`]). The shift register still gives the
-//! delay and dispersion of the selection interval, and the spike gate.
+//! delay and dispersion of the selection interval.
+//!
+//! Spikes and jumps (RFC 5905 A.5.2's popcorn suppressor, against the regression): a
+//! sample further from the line than `spike_gate` times its error bound (its own
+//! distance plus the line's) is held back; the `max_held_spikes + 1`-th such sample
+//! in a row is a jump of the source's time (a refclock's reference changed, a server
+//! was stepped), and the register restarts from the held samples and it. A gate in
+//! units of the sample's error bound, not of the jitter, lets a wide delay spread
+//! through (the weights deal with it) and stops only what no delay explains.
 //!
 //! "Use a sample only once" (RFC A.5.2's prime directive) is left to the caller: an
 //! estimate's [`SourceEstimate::time`] is the time of the sample it is based on, so the
@@ -39,11 +45,6 @@ pub const MAX_DISPERSION_S: f64 = 16.0;
 /// RFC 5905 NSTAGE: the filter length chrony/ntpd use for NTP sources.
 pub const DEFAULT_FILTER_LENGTH: usize = 8;
 
-/// A point further than this many times its error bound (its own distance plus the
-/// prediction's) from the regression line is a phase jump: the source's time jumped
-/// (a refclock's reference changed, a server was stepped) and the register restarts.
-const PHASE_JUMP_FACTOR: f64 = 3.0;
-
 /// Configuration of one source's filter.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FilterConfig {
@@ -54,7 +55,8 @@ pub struct FilterConfig {
     pub min_points: usize,
     /// chrony `maxdelay`: samples with a larger round-trip delay are rejected (default 3 s).
     pub max_delay_s: f64,
-    /// Popcorn-spike gate in units of jitter (RFC 5905 SGATE, 3); `None` disables it.
+    /// Spike gate in units of a sample's error bound from the regression line
+    /// (RFC 5905's SGATE, 3, is in units of jitter); `None` disables it.
     pub spike_gate: Option<f64>,
     /// How many spikes in a row are held back before the next one is believed.
     pub max_held_spikes: u32,
@@ -90,7 +92,7 @@ pub enum RejectReason {
     DelayTooLarge,
     /// Not newer than the newest stored sample (duplicate or reordered).
     NotNewer,
-    /// Popcorn spike (RFC 5905 A.5.2): too far from the current estimate, held back.
+    /// Popcorn spike (RFC 5905 A.5.2): too far from the regression line, held back.
     Spike,
 }
 
@@ -142,14 +144,12 @@ pub struct ClockFilter {
     config: FilterConfig,
     /// Oldest first; times strictly increasing.
     samples: VecDeque<Sample>,
-    held_spikes: u32,
+    /// Spikes held back in a row, in the raw frame (a jump restarts from them).
+    held: Vec<(Sample, Point)>,
     /// Every accepted sample, in the raw frame.
     register: Register,
     /// The register's line after its newest change.
     line: Option<Line>,
-    /// The register restarted at a phase jump and has no slope yet: the source offers
-    /// no estimate until it has, so that one reading cannot pull the clock along.
-    jumped: bool,
 }
 
 /// A source's frequency error as its regression measures it.
@@ -170,10 +170,9 @@ impl ClockFilter {
         ClockFilter {
             config: FilterConfig { length, ..config },
             samples: VecDeque::with_capacity(length),
-            held_spikes: 0,
+            held: Vec::new(),
             register: Register::new(config.max_points, config.min_points),
             line: None,
-            jumped: false,
         }
     }
 
@@ -189,10 +188,9 @@ impl ClockFilter {
     /// Forget everything (e.g. the source was replaced or reset).
     pub fn clear(&mut self) {
         self.samples.clear();
-        self.held_spikes = 0;
+        self.held.clear();
         self.register.clear();
         self.line = None;
-        self.jumped = false;
     }
 
     /// The local clock was stepped by `step_s` (forward if positive): keep the stored
@@ -206,6 +204,8 @@ impl ClockFilter {
         }
         self.register.apply_step(step_s);
         self.line = self.register.line();
+        // Held spikes measured on the old time scale are not worth moving.
+        self.held.clear();
     }
 
     /// The discipline raised the frequency correction by `delta_ppm` at `now`: the
@@ -213,6 +213,9 @@ impl ClockFilter {
     pub fn rebase_frequency(&mut self, now: LocalTime, delta_ppm: f64) {
         self.register.rebase_frequency(now, delta_ppm);
         self.line = self.register.line();
+        for (_, point) in &mut self.held {
+            point.raw_offset_s += delta_ppm * 1e-6 * now.seconds_since(point.time);
+        }
     }
 
     /// Offer a new sample to the filter, with no phase correction (a discipline that
@@ -235,45 +238,56 @@ impl ClockFilter {
         if self.samples.back().is_some_and(|newest| sample.time <= newest.time) {
             return AddOutcome::Rejected(RejectReason::NotNewer);
         }
-        // Several "spikes" in a row are not popcorn but a real change: after
-        // `max_held_spikes` of them the next one is believed.
-        if self.is_spike(&sample) && self.held_spikes < self.config.max_held_spikes {
-            self.held_spikes += 1;
-            return AddOutcome::Rejected(RejectReason::Spike);
-        }
-        self.held_spikes = 0;
         // A negative delay is a measurement artefact of clock error between the
         // timestamps; RFC 5905 A.5.1 clamps it (to the precision; here to zero).
         let sample = Sample { delay_s: sample.delay_s.max(0.0), dispersion_s: sample.dispersion_s.max(0.0), ..sample };
-        if self.samples.len() == self.config.length {
-            self.samples.pop_front();
-        }
-        self.samples.push_back(sample);
         let point = Point {
             time: sample.time,
             raw_offset_s: sample.offset_s + phase_s,
             distance_s: sample.delay_s / 2.0 + sample.dispersion_s,
         };
-        if let Some(line) = self.line.filter(|l| l.points >= MIN_POINTS_FOR_SLOPE) {
-            let bound_s = point.distance_s + line.prediction_bound_s(point.time);
-            if (point.raw_offset_s - line.raw_at(point.time)).abs() > PHASE_JUMP_FACTOR * bound_s {
-                self.register.clear();
-                self.jumped = true;
+        if self.is_spike(&point) {
+            // Several "spikes" in a row are not popcorn but a jump: after
+            // `max_held_spikes` of them the register restarts from them and this one.
+            if self.held.len() < self.config.max_held_spikes as usize {
+                self.held.push((sample, point));
+                return AddOutcome::Rejected(RejectReason::Spike);
+            }
+            self.register.clear();
+            for (held, held_point) in std::mem::take(&mut self.held) {
+                self.keep(held);
+                self.register.push(held_point);
             }
         }
+        self.held.clear();
+        self.keep(sample);
         self.line = self.register.push(point);
-        self.jumped &= self.register.len() < MIN_POINTS_FOR_SLOPE;
         AddOutcome::Accepted
+    }
+
+    /// Into the shift register, the oldest out when it is full.
+    fn keep(&mut self, sample: Sample) {
+        if self.samples.len() == self.config.length {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+    }
+
+    /// Further from the regression line than the gate allows (never before the line
+    /// has a slope).
+    fn is_spike(&self, point: &Point) -> bool {
+        let (Some(gate), Some(line)) = (self.config.spike_gate, self.line) else { return false };
+        if line.points < MIN_POINTS_FOR_SLOPE {
+            return false;
+        }
+        let bound_s = point.distance_s + line.prediction_bound_s(point.time);
+        (point.raw_offset_s - line.raw_at(point.time)).abs() > gate * bound_s
     }
 
     /// The estimate with the regression's offset at `now` (`phase_now_s`: the phase
     /// correction applied by then), its deviation as the jitter, and the newest
     /// sample's time; the delay and dispersion of [`ClockFilter::estimate`].
-    /// `None` after a phase jump until the regression has a slope again.
     pub fn estimate_in_frame(&self, now: LocalTime, phase_now_s: f64) -> Option<SourceEstimate> {
-        if self.jumped {
-            return None;
-        }
         let estimate = self.estimate(now)?;
         let line = self.line?;
         let newest = self.register.newest()?;
@@ -299,19 +313,6 @@ impl ClockFilter {
     /// Points in the regression (chronyc sourcestats' NP).
     pub fn regression_points(&self) -> usize {
         self.register.len()
-    }
-
-    /// RFC 5905 A.5.2 popcorn spike suppressor: compare against the current estimate.
-    /// The gate is at least the sample's own error bound, so a source whose samples
-    /// happen to be identical (jitter 0) does not see every change as a spike.
-    fn is_spike(&self, sample: &Sample) -> bool {
-        let Some(gate) = self.config.spike_gate else { return false };
-        if self.samples.len() < 2 {
-            return false; // no jitter to compare against yet
-        }
-        let Some(current) = self.estimate(sample.time) else { return false };
-        let threshold_s = gate * current.jitter_s.max(sample.dispersion_s);
-        (sample.offset_s - current.offset_s).abs() > threshold_s
     }
 
     /// The filter's estimate from the samples taken at or before `now`, or `None` if
@@ -615,23 +616,37 @@ mod tests {
     }
 
     #[test]
-    fn a_phase_jump_restarts_the_regression_and_waits_for_a_slope() {
-        let mut filter = ClockFilter::new(no_spikes());
+    fn a_jump_is_held_twice_then_restarts_the_regression() {
+        let mut filter = ClockFilter::new(FilterConfig::default());
         for i in 0..8 {
             filter.add(sample(i * 16, 1e-3, 0.0002));
         }
-        // The source's time jumps by 5 ms: no estimate from one reading.
-        filter.add(sample(8 * 16, 6e-3, 0.0002));
-        assert_eq!(filter.estimate_in_frame(at(8 * 16), 0.0), None);
-        assert_eq!(filter.drift(), None);
-        filter.add(sample(9 * 16, 6e-3, 0.0002));
-        assert_eq!(filter.estimate_in_frame(at(9 * 16), 0.0), None);
-        // With a third point the new line is the estimate, the old one forgotten.
-        filter.add(sample(10 * 16, 6e-3, 0.0002));
+        // The source's time jumps by 5 ms: held twice, the estimate stays on the line.
+        for i in 8..10 {
+            assert_eq!(filter.add(sample(i * 16, 6e-3, 0.0002)), AddOutcome::Rejected(RejectReason::Spike));
+            let estimate = filter.estimate_in_frame(at(i * 16), 0.0).unwrap();
+            assert!((estimate.offset_s - 1e-3).abs() < 1e-9, "{}", estimate.offset_s);
+        }
+        // The third in a row is believed: the register restarts from the three.
+        assert_eq!(filter.add(sample(10 * 16, 6e-3, 0.0002)), AddOutcome::Accepted);
         let estimate = filter.estimate_in_frame(at(10 * 16), 0.0).unwrap();
         assert!((estimate.offset_s - 6e-3).abs() < 1e-9, "{}", estimate.offset_s);
         assert!(filter.drift().unwrap().residual_ppm.abs() < 1e-6);
         assert_eq!(filter.regression_points(), 3);
+    }
+
+    #[test]
+    fn a_wide_delay_spread_is_not_a_spike() {
+        let mut filter = ClockFilter::default();
+        // 20 ms round trips with 5 ms of queueing each way: offsets spread by
+        // milliseconds, always within what the delay explains.
+        let mut accepted = 0;
+        for i in 0..64 {
+            let (up_s, down_s) = (0.011 + 0.005 * f64::from(i % 7) / 3.0, 0.009 + 0.005 * f64::from(i % 5) / 2.0);
+            let outcome = filter.add(sample(i64::from(i) * 64, (up_s - down_s) / 2.0, up_s + down_s));
+            accepted += usize::from(outcome == AddOutcome::Accepted);
+        }
+        assert_eq!(accepted, 64);
     }
 
     #[test]
