@@ -844,6 +844,7 @@ pub struct SourceStatus {
     pub jitter_s: f64,
     pub delay_s: f64,
     pub dispersion_s: f64,
+    /// Samples in the regression (chronyc sourcestats' NP).
     pub samples: u32,
     pub last_offset_s: f64,
     pub root_delay_s: f64,

@@ -17,8 +17,9 @@
 //!   whole; a drift-file frequency with a small skew is only nudged by it. The
 //!   timekeeper then re-expresses every source's points for the new frequency.
 //! - The offset is corrected by [`ClockAction::Step`] inside the `makestep` window,
-//!   else by [`ClockAction::Slew`], bounded so that the adjuster, slewing at
-//!   `maxslewrate`, finishes before the next update.
+//!   else by [`ClockAction::Slew`], bounded by what the adjuster, slewing at
+//!   `maxslewrate`, finishes before the next update, plus what is left of the slew
+//!   in progress (a second source's reply a moment later must not cut it short).
 //! - The discipline models the adjuster's progress through each slew, and with the
 //!   steps that is the *phase correction* ([`Discipline::phase_correction_s`]): a
 //!   sample plus the phase correction at its time is a point in the raw frame the
@@ -369,11 +370,15 @@ impl Discipline {
         }
 
         // The slew: as much of the offset as the adjuster can correct before the next
-        // update, assumed to come after as long as this one did (maxslewrate). The
-        // first update has no interval: it only measures.
+        // update, assumed to come after as long as this one did (maxslewrate), plus
+        // what is left of the slew in progress. The first update has no interval: it
+        // only measures.
         if let Some(last) = self.last_update {
             let interval_s = now.seconds_since(last).max(0.0);
-            let max_slew_s = self.config.max_slew_rate_ppm * 1e-6 * interval_s;
+            // What is left of the slew in progress was allowed before: an update soon
+            // after another (a second source's reply) must not cut a long slew short.
+            let unfinished_s = self.pending_slew.map_or(0.0, |p| (p.offset_s - self.slew_progress_s(now)).abs());
+            let max_slew_s = self.config.max_slew_rate_ppm * 1e-6 * interval_s + unfinished_s;
             let slew_s = offset_s.clamp(-max_slew_s, max_slew_s);
             self.slewed_s = phase_correction_s;
             self.pending_slew = Some(PendingSlew { start: now, offset_s: slew_s });
@@ -776,18 +781,29 @@ mod tests {
     }
 
     #[test]
+    fn an_update_a_moment_later_does_not_cut_a_long_slew_short() {
+        let config = DisciplineConfig { max_slew_rate_ppm: 500.0, ..config(None) };
+        let mut discipline = Discipline::new(config).unwrap();
+        discipline.update(estimate(at(0.0), 2.0)).unwrap();
+        assert_eq!(slews(&discipline.update(estimate(at(64.0), 2.0)).unwrap()), vec![0.032]);
+        // Another source's reply 10 ms later: 5 µs done, the rest still asked for.
+        let actions = discipline.update(estimate(at(64.01), 2.0 - 5e-6)).unwrap();
+        assert!((slews(&actions)[0] - 0.032).abs() < 1e-9, "{actions:?}");
+    }
+
+    #[test]
     fn an_update_before_the_slew_is_done_accounts_for_its_progress() {
         let config = DisciplineConfig { max_slew_rate_ppm: 500.0, ..config(None) };
         let mut discipline = Discipline::new(config).unwrap();
         discipline.update(estimate(at(0.0), 0.1)).unwrap();
         assert_eq!(slews(&discipline.update(estimate(at(64.0), 0.1)).unwrap()), vec![0.032]);
         // 16 s later the adjuster has slewed 8 ms of the 32: the clock reads 0.092 behind.
+        assert!((discipline.phase_correction_s(at(80.0)) - 0.008).abs() < 1e-12);
         let actions = discipline.update(estimate(at(80.0), 0.092)).unwrap();
-        // Three points, all on one flat line in the raw frame: no frequency change, and
-        // the new slew (replacing what was left) asks for all that can be done in 16 s.
+        // The new slew replaces what was left (24 ms) and adds what 16 s allow (8 ms).
         assert_eq!(frequencies(&actions), Vec::<f64>::new());
         let slew = slews(&actions);
-        assert!((slew[0] - 0.008).abs() < 1e-12, "{actions:?}");
+        assert!((slew[0] - 0.032).abs() < 1e-12, "{actions:?}");
         assert!(discipline.frequency_ppm().abs() < 1e-9);
     }
 
@@ -1179,6 +1195,8 @@ mod tests {
         offsets_s: Vec<f64>,
         frequency_errors_ppm: Vec<f64>,
         intervals_s: Vec<f64>,
+        /// What was left of the slew in progress when each update came.
+        unfinished_s: Vec<f64>,
         actions: Vec<Vec<ClockAction>>,
     }
 
@@ -1207,11 +1225,12 @@ mod tests {
             self.offsets_s[from..].iter().fold(0.0, |m: f64, o| m.max(o.abs()))
         }
 
-        /// No slew asks for more than maxslewrate over the interval before it.
+        /// No slew asks for more than maxslewrate over the interval before it, and what
+        /// was left of the slew in progress.
         fn assert_slews_within_rate(&self, max_slew_rate_ppm: f64) {
             for (i, actions) in self.actions.iter().enumerate() {
                 for slew in slews(actions) {
-                    let bound = max_slew_rate_ppm * 1e-6 * self.intervals_s[i];
+                    let bound = max_slew_rate_ppm * 1e-6 * self.intervals_s[i] + self.unfinished_s[i].abs();
                     assert!(slew.abs() <= bound * (1.0 + 1e-9), "update {i}: slew {slew} s > {bound} s");
                 }
             }
@@ -1232,7 +1251,13 @@ mod tests {
             slew_left_s: 0.0,
             slew_rate: scenario.config.max_slew_rate_ppm * 1e-6,
         };
-        let mut run = Run { offsets_s: vec![], frequency_errors_ppm: vec![], intervals_s: vec![], actions: vec![] };
+        let mut run = Run {
+            offsets_s: vec![],
+            frequency_errors_ppm: vec![],
+            intervals_s: vec![],
+            unfinished_s: vec![],
+            actions: vec![],
+        };
         let mut filter = source_filter();
         let mut last_time: Option<LocalTime> = None;
         for update in 0..scenario.updates {
@@ -1248,6 +1273,7 @@ mod tests {
             let measured_s = clock.offset_s() + scenario.noise_s * rng.gaussian();
             run.offsets_s.push(clock.offset_s());
             run.intervals_s.push(last_time.map_or(0.0, |last| time.seconds_since(last)));
+            run.unfinished_s.push(clock.slew_left_s);
             // An error bound the noise stays inside (4 σ).
             let actions = measure(&mut discipline, &mut filter, time, measured_s, 4.0 * scenario.noise_s);
             for &action in &actions {
@@ -1441,6 +1467,8 @@ mod tests {
             let mut discipline = Discipline::new(config).unwrap();
             let mut time = at(0.0);
             let mut last: Option<LocalTime> = None;
+            // The last slew asked for: a bound for what is left of it.
+            let mut last_slew_s = 0.0f64;
             for (index, (interval_s, offset_s, root_distance_s, residual_ppm, skew_ppm)) in updates.into_iter().enumerate() {
                 time = time.add_seconds(interval_s);
                 let drift = Some(Drift { residual_ppm, skew_ppm, sd_ppm: skew_ppm / 4.0 });
@@ -1451,10 +1479,13 @@ mod tests {
                             prop_assert!(limit < 0 || index < limit as usize);
                             prop_assert!(step.abs() > threshold_s && step.is_finite());
                             time = time.add_seconds(step);
+                            last_slew_s = 0.0;
                         }
                         ClockAction::Slew { offset_s: slew } => {
                             let interval_s = last.map_or(0.0, |last| time.seconds_since(last).max(0.0));
-                            prop_assert!(slew.abs() <= max_slew_rate_ppm * 1e-6 * interval_s * (1.0 + 1e-9) + 1e-9);
+                            let bound_s = max_slew_rate_ppm * 1e-6 * interval_s + last_slew_s.abs();
+                            prop_assert!(slew.abs() <= bound_s * (1.0 + 1e-9) + 1e-9);
+                            last_slew_s = slew;
                         }
                         ClockAction::SetFrequency { ppm } => prop_assert!(ppm.abs() <= max_frequency_ppm),
                         ClockAction::SetLeap(leap) => prop_assert_ne!(leap, LeapIndicator::Unsynchronised),

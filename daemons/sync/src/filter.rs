@@ -244,7 +244,8 @@ impl ClockFilter {
         let point = Point {
             time: sample.time,
             raw_offset_s: sample.offset_s + phase_s,
-            distance_s: sample.delay_s / 2.0 + sample.dispersion_s,
+            delay_s: sample.delay_s,
+            dispersion_s: sample.dispersion_s,
         };
         if self.is_spike(&point) {
             // Several "spikes" in a row are not popcorn but a jump: after
@@ -280,7 +281,7 @@ impl ClockFilter {
         if line.points < MIN_POINTS_FOR_SLOPE {
             return false;
         }
-        let bound_s = point.distance_s + line.prediction_bound_s(point.time);
+        let bound_s = point.distance_s() + line.prediction_bound_s(point.time);
         (point.raw_offset_s - line.raw_at(point.time)).abs() > gate * bound_s
     }
 
@@ -295,11 +296,20 @@ impl ClockFilter {
             return Some(estimate);
         }
         // Below three points the slope is not known: the newest point, flat.
-        let raw_now = if line.points >= MIN_POINTS_FOR_SLOPE { line.raw_at(now) } else { newest.raw_offset_s };
+        let sloped = line.points >= MIN_POINTS_FOR_SLOPE;
+        let raw_now = if sloped { line.raw_at(now) } else { newest.raw_offset_s };
+        // The delay and dispersion of the best point (chrony's best sample): the least
+        // distance once aged by the skew to the newest point. A single queued reply
+        // then does not widen the interval, nor make the source look worse for a poll.
+        let skew = if sloped && line.skew.is_finite() { line.skew } else { MAX_DRIFT_PPM * 1e-6 };
+        let aged = |p: &Point| p.distance_s() + skew * newest.time.seconds_since(p.time).max(0.0);
+        let best = self.register.points().min_by(|a, b| aged(a).total_cmp(&aged(b))).unwrap_or(newest);
         Some(SourceEstimate {
             time: newest.time,
             offset_s: raw_now - phase_now_s,
-            jitter_s: if line.points >= MIN_POINTS_FOR_SLOPE { line.deviation_s } else { estimate.jitter_s },
+            delay_s: best.delay_s,
+            dispersion_s: best.dispersion_s + skew * newest.time.seconds_since(best.time).max(0.0),
+            jitter_s: if sloped { line.deviation_s } else { estimate.jitter_s },
             ..estimate
         })
     }

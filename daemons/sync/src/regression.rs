@@ -58,8 +58,16 @@ pub struct Point {
     pub time: LocalTime,
     /// Measured offset (source − local) plus the phase correction applied by then.
     pub raw_offset_s: f64,
+    /// The round trip's delay and the sample's dispersion, seconds.
+    pub delay_s: f64,
+    pub dispersion_s: f64,
+}
+
+impl Point {
     /// Its error bound: half the delay plus the dispersion, seconds.
-    pub distance_s: f64,
+    pub fn distance_s(&self) -> f64 {
+        self.delay_s / 2.0 + self.dispersion_s
+    }
 }
 
 /// The regression line of a [`Register`]; `x` in seconds relative to `origin`, the
@@ -137,6 +145,11 @@ impl Register {
         self.points.back()
     }
 
+    /// The regression's points, oldest first.
+    pub fn points(&self) -> impl Iterator<Item = &Point> {
+        self.points.iter().skip(self.points.len() - self.regression_len)
+    }
+
     pub fn clear(&mut self) {
         self.points.clear();
         self.regression_len = 0;
@@ -200,7 +213,7 @@ impl Register {
         let x: Vec<f64> = self.points.iter().map(|p| p.time.seconds_since(origin)).collect();
         let y: Vec<f64> = self.points.iter().map(|p| p.raw_offset_s).collect();
         // Point i of the regression is index runs_only + i of x and y.
-        let distances: Vec<f64> = self.points.iter().skip(runs_only).map(|p| p.distance_s.max(0.0)).collect();
+        let distances: Vec<f64> = self.points.iter().skip(runs_only).map(|p| p.distance_s().max(0.0)).collect();
         let variance = variance_factors(&distances);
 
         let line = |start: usize| {
@@ -380,7 +393,7 @@ mod tests {
     }
 
     fn point(t: f64, raw_offset_s: f64, distance_s: f64) -> Point {
-        Point { time: at(t), raw_offset_s, distance_s }
+        Point { time: at(t), raw_offset_s, delay_s: 0.0, dispersion_s: distance_s }
     }
 
     #[test]

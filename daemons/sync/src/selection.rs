@@ -21,9 +21,10 @@
 //! 7. Combine (RFC 5905 §11.2.3; chrony `combinelimit`): sources whose distance is
 //!    within `combine_limit` × the peer's, weighted by 1 / root distance.
 //!
-//! Departures from chrony: selection is stateless (no `reselectdist` hysteresis or
-//! score history, no orphan mode, no waiting for the first update); the engine can
-//! add hysteresis on top. Reachability is the caller's boolean.
+//! Departures from chrony: selection keeps no state of its own (chrony's score
+//! history, orphan mode and waiting for the first update are not there); the caller
+//! says which candidate is the current system peer (`reselectdist`'s hysteresis) and
+//! whether each is reachable.
 
 use crate::filter::SourceEstimate;
 use crate::{LocalTime, SelectOptions, SourceId};
@@ -39,6 +40,9 @@ pub struct Candidate {
     pub options: SelectOptions,
     pub estimate: SourceEstimate,
     pub reachable: bool,
+    /// The system peer of the previous selection: the others need to be better by
+    /// `reselect_distance_s` to take its place.
+    pub selected: bool,
 }
 
 /// chrony's selection directives.
@@ -55,6 +59,9 @@ pub struct SelectionConfig {
     pub combine_limit: f64,
     /// chrony `stratumweight`: seconds of distance one stratum is worth (default 1 ms).
     pub stratum_weight_s: f64,
+    /// chrony `reselectdist`: distance added to every source but the current system
+    /// peer, so that sources of about equal distance do not take turns (default 100 µs).
+    pub reselect_distance_s: f64,
 }
 
 impl Default for SelectionConfig {
@@ -65,6 +72,7 @@ impl Default for SelectionConfig {
             max_jitter_s: 1.0,
             combine_limit: 3.0,
             stratum_weight_s: 0.001,
+            reselect_distance_s: 1e-4,
         }
     }
 }
@@ -251,11 +259,17 @@ pub fn select(candidates: &[Candidate], now: LocalTime, config: &SelectionConfig
     }
 
     // System peer: chrony's score without history, i.e. the minimum of root distance
-    // plus stratumweight per stratum above the best stratum; ties to the lower id.
+    // plus stratumweight per stratum above the best stratum (and `reselectdist` for
+    // all but the current peer); ties to the lower id. The distance is taken at each
+    // estimate's own time: aged at PHI (15 ppm), a source polled a moment ago always
+    // looked best, and the peer changed at every poll (chrony ages by the skew).
     let distances: Vec<f64> = candidates.iter().map(|candidate| candidate.estimate.root_distance_s(now)).collect();
+    let fresh: Vec<f64> = candidates.iter().map(|c| c.estimate.root_distance_s(c.estimate.time)).collect();
     let min_stratum = pool.iter().map(|&i| candidates[i].estimate.stratum).min().unwrap_or(0);
-    let score =
-        |i: usize| distances[i] + f64::from(candidates[i].estimate.stratum - min_stratum) * config.stratum_weight_s;
+    let score = |i: usize| {
+        let reselect_s = if candidates[i].selected { 0.0 } else { config.reselect_distance_s };
+        fresh[i] + f64::from(candidates[i].estimate.stratum - min_stratum) * config.stratum_weight_s + reselect_s
+    };
     let peer = pool
         .iter()
         .copied()
@@ -439,6 +453,7 @@ mod tests {
                 leap: LeapIndicator::NoWarning,
             },
             reachable: true,
+            selected: false,
         }
     }
 
@@ -685,6 +700,19 @@ mod tests {
         assert!((combined.offset_s - 0.002).abs() < 1e-12, "{}", combined.offset_s);
         // ψ_s = sqrt(500·0.003² / 1500).
         assert!((combined.jitter_s - (500.0 * 0.003f64.powi(2) / 1500.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_system_peer_keeps_its_place_until_another_is_better_by_reselectdist() {
+        let current = Candidate { selected: true, ..source(1, 0.0, 0.002) };
+        // 50 µs closer is not enough to switch...
+        let selection = run(&[current, source(2, 0.0, 0.00195)]);
+        assert_eq!(selection.system_peer, Some(SourceId(1)));
+        // ...150 µs is; and with no current peer the closer one wins outright.
+        let selection = run(&[current, source(2, 0.0, 0.00185)]);
+        assert_eq!(selection.system_peer, Some(SourceId(2)));
+        let selection = run(&[source(1, 0.0, 0.002), source(2, 0.0, 0.00195)]);
+        assert_eq!(selection.system_peer, Some(SourceId(2)));
     }
 
     #[test]

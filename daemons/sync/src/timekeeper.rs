@@ -130,9 +130,9 @@ pub struct Timekeeper {
     adjustable: bool,
     /// What the last selection decided (for logging changes of the system peer).
     system_peer: Option<SourceId>,
-    /// The time of the system peer's newest sample the discipline has used: each
-    /// measurement steers the clock once (a filter estimate can rest on an older
-    /// sample for several polls, and feeding it again would count it twice).
+    /// The newest sample time of the combined sources the discipline has used: a
+    /// new sample of any of them moves the combined estimate and updates the clock,
+    /// and none is counted twice.
     last_used: Option<LocalTime>,
     /// Source id of the next upstream an operator adds (ids are never reused).
     next_id: u32,
@@ -393,17 +393,25 @@ impl Timekeeper {
             .filter_map(|u| {
                 let estimate = u.filter.estimate_in_frame(clock, phase_now_s)?;
                 let options = u.source.options().select;
-                Some(Candidate { id: u.source.id(), options, estimate, reachable: u.source.reachable() })
+                Some(Candidate {
+                    id: u.source.id(),
+                    options,
+                    estimate,
+                    reachable: u.source.reachable(),
+                    selected: self.system_peer == Some(u.source.id()),
+                })
             })
             .collect();
         for (i, r) in self.refclocks.iter().enumerate() {
             let Some(estimate) = r.filter.estimate_in_frame(clock, phase_now_s) else { continue };
             let s = &r.settings;
+            let id = SourceId(REFCLOCK_ID_BASE + i as u32);
             candidates.push(Candidate {
-                id: SourceId(REFCLOCK_ID_BASE + i as u32),
+                id,
                 options: SelectOptions { prefer: s.prefer, noselect: s.noselect, trust: s.trust, require: s.require },
                 estimate,
                 reachable: r.reachable(now),
+                selected: self.system_peer == Some(id),
             });
         }
         let configured = self.upstreams.len() + self.refclocks.len();
@@ -452,12 +460,14 @@ impl Timekeeper {
             self.operator_step = false;
             self.discipline.step_at_next_update();
         }
-        let peer_sample_time =
-            selection.system_peer.and_then(|peer| candidates.iter().find(|c| c.id == peer)).map(|c| c.estimate.time);
-        if peer_sample_time.is_none() || peer_sample_time <= self.last_used {
+        let newest_combined = Self::combined_ids(&selection)
+            .filter_map(|id| candidates.iter().find(|c| c.id == id))
+            .map(|c| c.estimate.time)
+            .max();
+        if newest_combined.is_none() || newest_combined <= self.last_used {
             return;
         }
-        self.last_used = peer_sample_time;
+        self.last_used = newest_combined;
         if self.log_records {
             actions.push(Action::Log(LogRecord::Tracking {
                 time_unix_ns: clock.0,
@@ -636,8 +646,10 @@ impl Timekeeper {
     pub fn sources(&self, clock: LocalTime, now: Monotonic) -> Vec<SourceStatus> {
         let state_of = |id: SourceId| self.states.iter().find(|(s, _)| *s == id).map(|&(_, c)| c);
         let mut sources = Vec::new();
+        // What selection sees: the regressions' offsets now.
+        let phase_now_s = self.discipline.phase_correction_s(clock);
         for u in &self.upstreams {
-            let estimate = u.filter.estimate(clock);
+            let estimate = u.filter.estimate_in_frame(clock, phase_now_s);
             let last = u.last_sample.as_ref();
             let options = u.source.options().select;
             sources.push(SourceStatus {
@@ -652,7 +664,7 @@ impl Timekeeper {
                 jitter_s: estimate.map_or(0.0, |e| e.jitter_s),
                 delay_s: estimate.map_or(0.0, |e| e.delay_s),
                 dispersion_s: estimate.map_or(0.0, |e| e.dispersion_s),
-                samples: u.filter.samples().count() as u32,
+                samples: u.filter.regression_points() as u32,
                 last_offset_s: last.map_or(0.0, |(_, s)| s.offset_s),
                 root_delay_s: last.map_or(0.0, |(_, s)| s.root_delay_s),
                 root_dispersion_s: last.map_or(0.0, |(_, s)| s.root_dispersion_s),
@@ -667,7 +679,7 @@ impl Timekeeper {
             });
         }
         for (i, r) in self.refclocks.iter().enumerate() {
-            let estimate = r.filter.estimate(clock);
+            let estimate = r.filter.estimate_in_frame(clock, phase_now_s);
             let last = r.filter.samples().last();
             sources.push(SourceStatus {
                 refclock: true,
@@ -681,7 +693,7 @@ impl Timekeeper {
                 jitter_s: estimate.map_or(0.0, |e| e.jitter_s),
                 delay_s: estimate.map_or(0.0, |e| e.delay_s),
                 dispersion_s: estimate.map_or(0.0, |e| e.dispersion_s),
-                samples: r.filter.samples().count() as u32,
+                samples: r.filter.regression_points() as u32,
                 last_offset_s: last.map_or(0.0, |s| s.offset_s),
                 reference_id: ReferenceId::from_bytes(r.settings.refid).to_bits(),
                 prefer: r.settings.prefer,
@@ -709,13 +721,12 @@ pub enum IgnoredPacket {
     Ignored(IgnoreReason),
 }
 
-/// Samples an upstream's min-delay filter keeps. Not RFC 5905's 8: the best of 8
-/// is often several polls old, and the discipline then gets few, stale points. In
-/// clknetsim (BENCHMARKS.md, seed 1) 8 holds the LAN at 3.85 µs, 4 at 2.09 µs and 2
-/// at 2.73 µs; shorter follows a wandering oscillator better (wander: 830, 297, 162
-/// µs) but loses more to queueing (wan: 949 µs, 1.02 ms, 1.05 ms). 4 has the best
-/// geometric mean over the table.
-const UPSTREAM_FILTER_LENGTH: usize = 4;
+/// Samples an upstream's shift register keeps. Every sample goes into the
+/// regression, which weighs it by its delay; the register only dates the newest
+/// sample. Longer registers aged their samples' dispersion at 15 ppm into every
+/// selection, and the system peer changed at nearly every poll (clknetsim lan: 650
+/// changes in 6 h, against chronyd's one).
+const UPSTREAM_FILTER_LENGTH: usize = 1;
 
 impl Upstream {
     fn new(id: SourceId, u: &UpstreamSettings, clock: LocalTime, random: u64) -> Upstream {
