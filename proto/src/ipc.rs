@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::ntp::LeapIndicator;
 
 /// Bumped whenever any enum below changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Exit status of a child that must not be re-spawned (the adjuster's panic
 /// threshold): the supervisor raises an alarm instead.
@@ -396,10 +396,48 @@ pub struct NtpSettings {
     /// The frequency and its error bound saved in the driftfile, ppm.
     pub initial_frequency: Option<(f64, f64)>,
     pub leap_sec_mode: LeapSecMode,
+    /// chrony's selection and regression directives.
+    pub selection: SelectionSettings,
     /// Whether to report `LogRecord`s (some statistics log is configured).
     pub log_records: bool,
     /// The refclocks as sources, in configuration order.
     pub refclocks: Vec<RefclockSourceSettings>,
+}
+
+/// chrony's directives for selecting sources and keeping their regressions; the
+/// defaults are chrony's.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelectionSettings {
+    /// `maxdistance`: sources with a larger root distance are not selectable, s.
+    pub max_distance_s: f64,
+    /// `maxjitter`: sources with more jitter are not selectable, s.
+    pub max_jitter_s: f64,
+    /// `combinelimit`: combine sources up to this many times the peer's distance.
+    pub combine_limit: f64,
+    /// `reselectdist`: what another source must be better by to become the peer, s.
+    pub reselect_distance_s: f64,
+    /// `stratumweight`: distance one stratum is worth, s.
+    pub stratum_weight_s: f64,
+    /// `maxupdateskew`: no frequency update from a drift known worse than this, ppm.
+    pub max_update_skew_ppm: f64,
+    /// `minsamples` and `maxsamples`: the regressions' window.
+    pub min_samples: u8,
+    pub max_samples: u8,
+}
+
+impl Default for SelectionSettings {
+    fn default() -> Self {
+        SelectionSettings {
+            max_distance_s: 3.0,
+            max_jitter_s: 1.0,
+            combine_limit: 3.0,
+            reselect_distance_s: 1e-4,
+            stratum_weight_s: 1e-3,
+            max_update_skew_ppm: 1000.0,
+            min_samples: 6,
+            max_samples: 64,
+        }
+    }
 }
 
 /// One upstream server (chrony's `server` line).

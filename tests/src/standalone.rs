@@ -34,6 +34,7 @@ pub fn demo_settings(role: Role) -> Settings {
             minsources: 1,
             initial_frequency: None,
             leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
+            selection: Default::default(),
             log_records: false,
             refclocks: Vec::new(),
         }),

@@ -42,7 +42,6 @@ const LOGS: &str = "strata writes no banner or change log; its [logs] are measur
 const CONTROL: &str = "the control plane is configured in strata's [control] (not yet)";
 const NTS: &str = "strata has no NTS yet (neither as a server nor towards its upstreams)";
 const RTC: &str = "strata does not track, trim or set the real-time clock (RTC)";
-const SELECTION: &str = "strata's source selection has no such setting: its fixed behaviour applies";
 const OBSOLETE: &str = "obsolete: chrony 4 ignores it too";
 
 /// Why a chrony directive that strata has no key for is left out.
@@ -73,16 +72,16 @@ fn unsupported_directive(directive: &str) -> &'static str {
         "lock_all" => "strata does not lock its memory",
         "sched_priority" => "strata does not change its scheduling priority",
         "smoothtime" => "strata serves its clock's time unsmoothed",
-        "maxslewrate" => "the adjuster slews at up to 500 ppm, set by its compiled-in policy (policy/clock.toml)",
+        "maxslewrate" => {
+            "the adjuster slews at up to chrony's default 83 333 ppm, set by its compiled-in policy (policy/clock.toml)"
+        }
         "maxdrift" => "the adjuster refuses frequencies beyond 500 ppm, by its compiled-in policy (policy/clock.toml)",
         "maxchange" => "the adjuster's panic threshold, in its compiled-in policy (policy/clock.toml), plays this role",
-        "maxupdateskew" | "maxclockerror" | "corrtimeratio" | "clockprecision" => {
+        "maxclockerror" | "corrtimeratio" | "clockprecision" => {
             "strata's discipline has no such setting: its fixed behaviour applies"
         }
         "fallbackdrift" => "strata has no fallback drifts",
         "tempcomp" => "strata has no temperature compensation",
-        "combinelimit" | "maxdistance" | "maxjitter" | "reselectdist" | "stratumweight" => SELECTION,
-        "minsamples" | "maxsamples" => "strata's clock filter keeps a fixed number of samples",
         "leapsectz" => "strata takes leap seconds from its sources only, not from the time-zone database",
         "acquisitionport" | "bindacqaddress" | "bindacqdevice" => {
             "strata's upstream sockets use an ephemeral port on the default address"
@@ -107,7 +106,8 @@ fn unsupported_source_option(option: &str) -> Option<&'static str> {
         "copy" => "strata does not copy the server's reference",
         "maxdelayratio" | "maxdelaydevratio" | "maxdelayquant" | "mindelay" => "strata's delay test is `maxdelay` only",
         "asymmetry" | "offset" => "strata assumes a symmetric path with no fixed offset",
-        "minsamples" | "maxsamples" | "filter" => "strata's clock filter keeps a fixed number of samples",
+        "minsamples" | "maxsamples" => "strata's regressions keep chrony's default 6 to 64 samples",
+        "filter" => "strata puts every sample into the source's regression",
         "polltarget" => "strata's poll adapts without a target",
         "presend" => "strata sends no presend request",
         "minstratum" => "strata uses the stratum the server reports",
@@ -182,6 +182,9 @@ impl Line<'_> {
 struct Importer {
     makestep: Option<Item>,
     minsources: Option<Item>,
+    /// maxdistance, maxjitter, reselectdist, stratumweight, combinelimit,
+    /// maxupdateskew, minsamples, maxsamples: one each, in the file's order.
+    selection: Vec<(String, Item)>,
     driftfile: Option<Item>,
     leapsecmode: Option<Item>,
     local_stratum: Option<Item>,
@@ -277,6 +280,21 @@ impl Importer {
             "driftfile" => match line.args[..] {
                 [path] => set(&mut self.driftfile, Item::new(line, format!("driftfile = {}", toml_string(path)))),
                 _ => self.invalid(line, "`driftfile` takes one file"),
+            },
+            d @ ("maxdistance" | "maxjitter" | "reselectdist" | "stratumweight" | "combinelimit" | "maxupdateskew"
+            | "minsamples" | "maxsamples") => match line.args[..] {
+                [value] => match selection_value(d, value) {
+                    Ok(toml) => {
+                        let item = Item::new(line, format!("{d} = {toml}"));
+                        match self.selection.iter_mut().find(|(name, _)| name == d) {
+                            // As for the other directives, the last one counts.
+                            Some((_, old)) => *old = item,
+                            None => self.selection.push((d.to_string(), item)),
+                        }
+                    }
+                    Err(why) => self.invalid(line, why),
+                },
+                _ => self.invalid(line, format!("`{d}` takes one number")),
             },
             "minsources" => match line.args[..] {
                 [n] => match n.parse::<u8>() {
@@ -644,6 +662,9 @@ impl Importer {
         for item in [self.makestep, self.minsources, self.driftfile, self.leapsecmode].into_iter().flatten() {
             push_item(&mut out, &item);
         }
+        for (_, item) in &self.selection {
+            push_item(&mut out, item);
+        }
 
         let mut server = String::new();
         if self.port.is_some() || self.bind_v4.is_some() || self.bind_v6.is_some() {
@@ -732,6 +753,22 @@ impl Importer {
 
 /// chrony keeps the last of a directive given twice; the earlier line stays in the
 /// comments, marked.
+/// A selection or regression directive's value as TOML, in the range `[clock]`
+/// accepts (so that the imported file loads).
+fn selection_value(directive: &str, value: &str) -> Result<String, String> {
+    use crate::{CombineLimit, DistanceSeconds, SampleCount, SkewPpm};
+    if matches!(directive, "minsamples" | "maxsamples") {
+        let n: i64 = value.parse().map_err(|_| format!("`{value}` is not a number of samples"))?;
+        return SampleCount::try_from(n).map(|n| n.0.to_string());
+    }
+    let x: f64 = value.parse().map_err(|_| format!("`{value}` is not a number"))?;
+    match directive {
+        "combinelimit" => CombineLimit::try_from(x).map(|v| format!("{:?}", v.0)),
+        "maxupdateskew" => SkewPpm::try_from(x).map(|v| format!("{:?}", v.0)),
+        _ => DistanceSeconds::try_from(x).map(|v| format!("{:?}", v.0)),
+    }
+}
+
 fn set(slot: &mut Option<Item>, mut item: Item) {
     if let Some(old) = slot.take() {
         let mut comments = old.comments;
@@ -873,6 +910,24 @@ mod tests {
         assert_eq!(c.clock.backend.0, strata_proto::ipc::ClockBackendKind::System);
         let (c, _) = import_ok("makestep 0.1 -1\n");
         assert_eq!(c.clock.makestep, Some(MakeStep { threshold: 0.1, limit: -1 }));
+    }
+
+    #[test]
+    fn selection_and_regression_directives() {
+        let (c, import) = import_ok(
+            "maxdistance 1.5\nmaxjitter 0.2\nreselectdist 0.001\nstratumweight 0\ncombinelimit 2\n\
+             maxupdateskew 100.0\nminsamples 4\nmaxsamples 32\nmaxdistance 2\n",
+        );
+        assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
+        let s = c.clock.selection();
+        assert_eq!((s.max_distance_s, s.max_jitter_s, s.reselect_distance_s), (2.0, 0.2, 0.001));
+        assert_eq!((s.stratum_weight_s, s.combine_limit, s.max_update_skew_ppm), (0.0, 2.0, 100.0));
+        assert_eq!((s.min_samples, s.max_samples), (4, 32));
+        // Out of range or not a number: left out with the line, the rest converted.
+        let (c, import) = import_ok("maxsamples 200\nmaxjitter soon\n");
+        assert_eq!(c.clock.selection(), strata_proto::ipc::SelectionSettings::default());
+        let lines: Vec<usize> = import.unsupported.iter().map(|u| u.line).collect();
+        assert_eq!(lines, [1, 2]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use strata_proto::ipc::{ClockBackendKind, LeapSecMode, LogLevel, Role};
+use strata_proto::ipc::{ClockBackendKind, LeapSecMode, LogLevel, Role, SelectionSettings};
 use toml::Spanned;
 
 #[derive(Debug, thiserror::Error)]
@@ -497,6 +497,29 @@ macro_rules! bounded {
         }
     };
 }
+/// A float setting within `[min, max]`, checked while parsing, so that an error
+/// points at the value: `bounded_float!(Name, min, max, "what")`.
+macro_rules! bounded_float {
+    ($name:ident, $min:expr, $max:expr, $what:literal) => {
+        #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+        #[serde(try_from = "f64")]
+        pub struct $name(pub f64);
+        impl TryFrom<f64> for $name {
+            type Error = String;
+            fn try_from(v: f64) -> Result<Self, String> {
+                if ($min..=$max).contains(&v) {
+                    Ok($name(v))
+                } else {
+                    Err(format!("{} must be between {} and {}, not {v}", $what, $min, $max))
+                }
+            }
+        }
+    };
+}
+bounded_float!(DistanceSeconds, 0.0, 1000.0, "a distance in seconds");
+bounded_float!(CombineLimit, 0.0, 1e6, "a combine limit");
+bounded_float!(SkewPpm, 1e-6, 1e9, "a skew in ppm");
+bounded!(SampleCount: u8, 3, 64, "a number of regression samples");
 bounded!(Millis, 0, 3_600_000, "a delay in milliseconds");
 bounded!(Seconds, 1, 86_400, "a window in seconds");
 bounded!(Budget, 0, 1_000_000, "a restart budget");
@@ -553,6 +576,67 @@ pub struct ClockConfig {
     /// `step`, `slew` or `ignore`.
     #[serde(default)]
     pub leapsecmode: LeapSecMode,
+    /// chrony's selection directives, seconds: `maxdistance` (3), `maxjitter` (1),
+    /// `reselectdist` (100 µs), `stratumweight` (1 ms); and `combinelimit` (3).
+    #[serde(default = "default_maxdistance")]
+    pub maxdistance: DistanceSeconds,
+    #[serde(default = "default_maxjitter")]
+    pub maxjitter: DistanceSeconds,
+    #[serde(default = "default_reselectdist")]
+    pub reselectdist: DistanceSeconds,
+    #[serde(default = "default_stratumweight")]
+    pub stratumweight: DistanceSeconds,
+    #[serde(default = "default_combinelimit")]
+    pub combinelimit: CombineLimit,
+    /// chrony's `maxupdateskew`, ppm (1000): a frequency known worse is not used.
+    #[serde(default = "default_maxupdateskew")]
+    pub maxupdateskew: SkewPpm,
+    /// chrony's `minsamples` (6) and `maxsamples` (64): each source's regression.
+    #[serde(default = "default_minsamples")]
+    pub minsamples: SampleCount,
+    #[serde(default = "default_maxsamples")]
+    pub maxsamples: SampleCount,
+}
+
+fn default_maxdistance() -> DistanceSeconds {
+    DistanceSeconds(SelectionSettings::default().max_distance_s)
+}
+fn default_maxjitter() -> DistanceSeconds {
+    DistanceSeconds(SelectionSettings::default().max_jitter_s)
+}
+fn default_reselectdist() -> DistanceSeconds {
+    DistanceSeconds(SelectionSettings::default().reselect_distance_s)
+}
+fn default_stratumweight() -> DistanceSeconds {
+    DistanceSeconds(SelectionSettings::default().stratum_weight_s)
+}
+fn default_combinelimit() -> CombineLimit {
+    CombineLimit(SelectionSettings::default().combine_limit)
+}
+fn default_maxupdateskew() -> SkewPpm {
+    SkewPpm(SelectionSettings::default().max_update_skew_ppm)
+}
+fn default_minsamples() -> SampleCount {
+    SampleCount(SelectionSettings::default().min_samples)
+}
+fn default_maxsamples() -> SampleCount {
+    SampleCount(SelectionSettings::default().max_samples)
+}
+
+impl ClockConfig {
+    /// What the engine is told of the selection and regression directives.
+    pub fn selection(&self) -> SelectionSettings {
+        SelectionSettings {
+            max_distance_s: self.maxdistance.0,
+            max_jitter_s: self.maxjitter.0,
+            combine_limit: self.combinelimit.0,
+            reselect_distance_s: self.reselectdist.0,
+            stratum_weight_s: self.stratumweight.0,
+            max_update_skew_ppm: self.maxupdateskew.0,
+            min_samples: self.minsamples.0.min(self.maxsamples.0),
+            max_samples: self.maxsamples.0,
+        }
+    }
 }
 
 fn default_minsources() -> u8 {
@@ -567,6 +651,14 @@ impl Default for ClockConfig {
             minsources: 1,
             driftfile: None,
             leapsecmode: LeapSecMode::System,
+            maxdistance: default_maxdistance(),
+            maxjitter: default_maxjitter(),
+            reselectdist: default_reselectdist(),
+            stratumweight: default_stratumweight(),
+            combinelimit: default_combinelimit(),
+            maxupdateskew: default_maxupdateskew(),
+            minsamples: default_minsamples(),
+            maxsamples: default_maxsamples(),
         }
     }
 }
@@ -793,6 +885,22 @@ mod tests {
         assert_eq!(err, "t.toml:2:17: a stratum must be between 1 and 15, not 16");
         let err = parse("[server]\nlisten = [\"127.0.0.1\"]\n").unwrap_err();
         assert!(err.starts_with("t.toml:2:11:"), "{err}");
+    }
+
+    #[test]
+    fn selection_directives_have_chronys_defaults_and_ranges() {
+        let c = parse("[clock]\nbackend = \"none\"\n").unwrap();
+        assert_eq!(c.clock.selection(), SelectionSettings::default());
+        let c = parse("[clock]\nbackend = \"none\"\nmaxdistance = 1\ncombinelimit = 0\nmaxsamples = 16\n").unwrap();
+        let s = c.clock.selection();
+        assert_eq!((s.max_distance_s, s.combine_limit, s.max_samples, s.min_samples), (1.0, 0.0, 16, 6));
+        // minsamples above maxsamples is held to it.
+        let c = parse("[clock]\nbackend = \"none\"\nminsamples = 32\nmaxsamples = 8\n").unwrap();
+        assert_eq!(c.clock.selection().min_samples, 8);
+        let err = parse("[clock]\nbackend = \"none\"\nmaxjitter = -1\n").unwrap_err();
+        assert_eq!(err, "t.toml:3:13: a distance in seconds must be between 0 and 1000, not -1");
+        let err = parse("[clock]\nbackend = \"none\"\nmaxsamples = 2\n").unwrap_err();
+        assert!(err.starts_with("t.toml:3:14: a number of regression samples must be between 3 and 64"), "{err}");
     }
 
     #[test]

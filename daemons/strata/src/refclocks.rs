@@ -122,6 +122,7 @@ pub fn ntp_settings(
         minsources: config.clock.minsources,
         initial_frequency,
         leap_sec_mode: config.clock.leapsecmode,
+        selection: config.clock.selection(),
         log_records: config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
         refclocks: source_settings(&config.refclock),
     }

@@ -275,6 +275,12 @@ impl RefclockSource {
         }
     }
 
+    /// Its regression's window (`minsamples`, `maxsamples`).
+    pub fn with_regression_points(mut self, (min_points, max_points): (usize, usize)) -> RefclockSource {
+        self.filter = ClockFilter::new(FilterConfig { min_points, max_points, ..FilterConfig::default() });
+        self
+    }
+
     fn silence_s(&self) -> f64 {
         MIN_SILENCE_S.max(2.0 * self.poll_interval_s)
     }

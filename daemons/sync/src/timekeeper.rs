@@ -49,6 +49,8 @@ pub struct TimekeeperConfig {
     pub upstreams: Vec<UpstreamSettings>,
     pub refclocks: Vec<RefclockSourceSettings>,
     pub selection: SelectionConfig,
+    /// The regressions' window (`minsamples`, `maxsamples`) for every source.
+    pub regression_points: (usize, usize),
     /// The discipline, with its rates set to the adjuster's.
     pub discipline: Discipline,
     /// chrony's `local stratum N`.
@@ -70,15 +72,25 @@ impl TimekeeperConfig {
             max_slew_rate_ppm,
             max_frequency_ppm,
             leap_sec_mode: settings.leap_sec_mode,
+            max_update_skew_ppm: settings.selection.max_update_skew_ppm,
             ..DisciplineConfig::default()
         })?;
+        let s = &settings.selection;
         if let Some((ppm, skew_ppm)) = settings.initial_frequency {
             discipline = discipline.with_initial_frequency(ppm).with_initial_skew(skew_ppm);
         }
         Ok(TimekeeperConfig {
             upstreams: settings.upstreams.clone(),
             refclocks: settings.refclocks.clone(),
-            selection: SelectionConfig { min_sources: usize::from(settings.minsources), ..SelectionConfig::default() },
+            selection: SelectionConfig {
+                min_sources: usize::from(settings.minsources),
+                max_distance_s: s.max_distance_s,
+                max_jitter_s: s.max_jitter_s,
+                combine_limit: s.combine_limit,
+                stratum_weight_s: s.stratum_weight_s,
+                reselect_distance_s: s.reselect_distance_s,
+            },
+            regression_points: (usize::from(s.min_samples), usize::from(s.max_samples)),
             discipline,
             local_stratum: settings.local_stratum,
             log_records: settings.log_records,
@@ -147,6 +159,8 @@ pub struct Timekeeper {
     failovers_total: u64,
     /// The adjuster authorised an operator step; the discipline takes it next.
     operator_step: bool,
+    /// `minsamples`, `maxsamples` for sources added at run time.
+    regression_points: (usize, usize),
 }
 
 impl Timekeeper {
@@ -156,7 +170,7 @@ impl Timekeeper {
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, u)| Upstream::new(SourceId(i as u32), u, clock, random()))
+            .map(|(i, u)| Upstream::new(SourceId(i as u32), u, config.regression_points, clock, random()))
             .collect::<Vec<_>>();
         let serving = match config.local_stratum {
             Some(stratum) => ServerState::local(stratum),
@@ -165,7 +179,12 @@ impl Timekeeper {
         Timekeeper {
             next_id: upstreams.len() as u32,
             upstreams,
-            refclocks: config.refclocks.into_iter().map(RefclockSource::new).collect(),
+            refclocks: config
+                .refclocks
+                .into_iter()
+                .map(|settings| RefclockSource::new(settings).with_regression_points(config.regression_points))
+                .collect(),
+            regression_points: config.regression_points,
             discipline: config.discipline,
             selection_config: config.selection,
             local_stratum: config.local_stratum,
@@ -325,7 +344,7 @@ impl Timekeeper {
         server_options(settings).validate().map_err(|e| format!("{e:?}"))?;
         let id = SourceId(self.next_id);
         self.next_id += 1;
-        let mut upstream = Upstream::new(id, settings, clock, random);
+        let mut upstream = Upstream::new(id, settings, self.regression_points, clock, random);
         upstream.added = true;
         self.upstreams.push(upstream);
         Ok(id)
@@ -729,13 +748,21 @@ pub enum IgnoredPacket {
 const UPSTREAM_FILTER_LENGTH: usize = 1;
 
 impl Upstream {
-    fn new(id: SourceId, u: &UpstreamSettings, clock: LocalTime, random: u64) -> Upstream {
+    fn new(
+        id: SourceId,
+        u: &UpstreamSettings,
+        (min_points, max_points): (usize, usize),
+        clock: LocalTime,
+        random: u64,
+    ) -> Upstream {
         Upstream {
             address: u.address,
             source: NtpSource::new(id, server_options(u), clock, random),
             filter: ClockFilter::new(FilterConfig {
                 max_delay_s: u.max_delay_s,
                 length: UPSTREAM_FILTER_LENGTH,
+                min_points,
+                max_points,
                 ..FilterConfig::default()
             }),
             online: true,
@@ -949,6 +976,7 @@ mod tests {
             minsources: 1,
             initial_frequency: None,
             leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
+            selection: Default::default(),
             log_records: false,
             refclocks,
         };

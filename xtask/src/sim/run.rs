@@ -144,6 +144,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: bool) -> Result<Outcome, Strin
         minsources: 1,
         initial_frequency: None,
         leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
+        selection: Default::default(),
         log_records: false,
         refclocks: Vec::new(),
     };
