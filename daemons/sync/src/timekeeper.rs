@@ -73,7 +73,6 @@ impl TimekeeperConfig {
             max_frequency_ppm,
             leap_sec_mode: settings.leap_sec_mode,
             max_update_skew_ppm: settings.selection.max_update_skew_ppm,
-            ..DisciplineConfig::default()
         })?;
         let s = &settings.selection;
         if let Some((ppm, skew_ppm)) = settings.initial_frequency {
