@@ -172,6 +172,16 @@ fn shm_image(count: i32, offset_s: f64) -> [u8; 96] {
     b
 }
 
+/// gpsd's segment of `unit` (0666, as gpsd makes it for units ≥ 2), created anew: one
+/// left by an earlier run that failed half-way is removed first.
+fn fresh_segment(unit: u8) -> strata_sys::ShmSegment {
+    let key = 0x4e54_5030 + i32::from(unit);
+    if let Ok(stale) = strata_sys::ShmSegment::attach(key) {
+        let _ = stale.remove();
+    }
+    strata_sys::ShmSegment::create(key, 0o666).expect("create the SHM segment")
+}
+
 #[test]
 fn an_shm_feed_makes_strata_stratum_1() {
     if !require_root("SHM refclock") {
@@ -179,7 +189,7 @@ fn an_shm_feed_makes_strata_stratum_1() {
     }
     // Play gpsd: create the segment of unit 217 (0666, as gpsd does for units ≥ 2).
     let unit = 217u8;
-    let segment = strata_sys::ShmSegment::create(0x4e54_5030 + i32::from(unit), 0o666).expect("create the SHM segment");
+    let segment = fresh_segment(unit);
     segment.write(&shm_image(1, 0.000_3));
     let port = free_udp_port();
     let server = format!(
@@ -324,12 +334,7 @@ fn unpublished_and_absurd_shm_samples_are_rejected_counted_and_never_selected() 
         return;
     }
     let unit = 219u8;
-    let key = 0x4e54_5030 + i32::from(unit);
-    // A segment left by an earlier run of this test that failed half-way.
-    if let Ok(stale) = strata_sys::ShmSegment::attach(key) {
-        let _ = stale.remove();
-    }
-    let segment = strata_sys::ShmSegment::create(key, 0o666).expect("create the SHM segment");
+    let segment = fresh_segment(unit);
     segment.write(&[0u8; 96]);
     let port = free_udp_port();
     // Read every 250 ms; a poll needs 4 good readings.
