@@ -180,7 +180,7 @@ fn table(rows: &[(&Scenario, Outcome)], seed: u64) -> String {
          the RMS and max figures are over the polls from then on; \"2nd half\": over the last half\n\
          of the run. offset = true time − local clock at each poll (not the measured offset).\n\
          falseticker used: polls at which it was the system peer or combined.\n\
-         updates: polls at which the discipline was fed (a new sample of the peer)."
+         updates: polls at which the discipline was fed (a new sample of a combined source)."
     );
     let unsynchronised: Vec<String> = rows
         .iter()
