@@ -1,25 +1,21 @@
-//! The per-source clock filter (RFC 5905 §10, "Clock Filter Algorithm").
+//! The per-source clock filter: what one source's samples say, for selection and
+//! the discipline.
 //!
-//! Algorithm: the RFC 5905 shift register, not chrony's `sourcestats` regression.
-//! The filter keeps the last [`FilterConfig::length`] samples of one source (RFC
-//! NSTAGE = 8). Its estimate is the sample with the least round-trip delay among them
-//! (the one least disturbed by queueing, so its offset is most trustworthy), with
-//! - dispersion = Σ εᵢ / 2^(i+1) over the samples sorted by delay, each εᵢ grown at
-//!   [`MAX_DRIFT_PPM`] since it was taken, and empty slots counting as MAXDISP (16 s)
-//!   — so a fresh source looks poor until the register fills (RFC A.5.2
-//!   `clock_filter`; it plays the role of chrony's "3 samples before selectable");
-//! - jitter = RMS of the offset differences to the best sample (RFC §10 ψ);
-//! - root delay, root dispersion, stratum and leap from the newest sample (the RFC's
-//!   peer variables come from the latest packet).
+//! Every accepted sample goes into the source's [`Register`] (chrony's sourcestats
+//! regression, [`crate::regression`]), in the discipline's raw frame;
+//! [`ClockFilter::estimate_in_frame`], what selection works on, takes its offset now
+//! (slews since the samples included) and its jitter from the regression line, its
+//! delay and dispersion from the best point (chrony's best sample: the least distance
+//! once aged by the skew), and its frequency error from the line's slope
+//! ([`ClockFilter::drift`]).
+//!
+//! Beside it, RFC 5905's shift register (§10) of the last [`FilterConfig::length`]
+//! samples, which [`ClockFilter::estimate`] reads the RFC's way (the least-delay
+//! sample; dispersion = Σ εᵢ / 2^(i+1) over the samples sorted by delay, each grown at
+//! [`MAX_DRIFT_PPM`]; jitter = RMS of the offset differences to the best sample) and
+//! which gives the newest sample's root delay, root dispersion, stratum and leap.
 //!
 //! Additions from chrony: `maxdelay` (samples with a larger delay are rejected).
-//!
-//! Every accepted sample also goes into the source's [`Register`] (chrony's
-//! sourcestats regression, [`crate::regression`]), in the discipline's raw frame:
-//! [`ClockFilter::estimate_in_frame`] takes its offset and jitter from the regression
-//! line (the offset now, slews since the sample included), and its frequency error
-//! from the line's slope ([`ClockFilter::drift`]). The shift register still gives the
-//! delay and dispersion of the selection interval.
 //!
 //! Spikes and jumps (RFC 5905 A.5.2's popcorn suppressor, against the regression): a
 //! sample further from the line than `spike_gate` times its error bound (its own
@@ -30,7 +26,7 @@
 //! through (the weights deal with it) and stops only what no delay explains.
 //!
 //! "Use a sample only once" (RFC A.5.2's prime directive) is left to the caller: an
-//! estimate's [`SourceEstimate::time`] is the time of the sample it is based on, so the
+//! estimate's [`SourceEstimate::time`] is the time of its newest sample, so the
 //! engine feeds the discipline only when that time advances.
 
 use std::collections::VecDeque;

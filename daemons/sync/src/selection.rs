@@ -16,8 +16,9 @@
 //! 4. `require`: if any source has it, one of them must be a truechimer;
 //!    `minsources`: that many truechimers are needed.
 //! 5. `prefer`: if a preferred truechimer exists, only preferred ones go on.
-//! 6. System peer: the smallest root distance + (stratum − min stratum) × `stratumweight`.
-//!    No clustering (RFC 5905 §11.2.2) — chrony does without it too.
+//! 6. System peer: the smallest root distance (at the estimate's own time) +
+//!    (stratum − min stratum) × `stratumweight`, + `reselectdist` for all but the
+//!    current peer. No clustering (RFC 5905 §11.2.2) — chrony does without it too.
 //! 7. Combine (RFC 5905 §11.2.3; chrony `combinelimit`): sources whose distance is
 //!    within `combine_limit` × the peer's, weighted by 1 / root distance.
 //!

@@ -281,7 +281,9 @@ impl Timekeeper {
                 root_delay_s: sample.root_delay_s,
                 root_dispersion_s: sample.root_dispersion_s,
             }));
-            if let Some(e) = u.filter.estimate(receive_time) {
+            // The regression's view, as chrony's statistics.log has it.
+            if let Some(e) = u.filter.estimate_in_frame(receive_time, self.discipline.phase_correction_s(receive_time))
+            {
                 actions.push(Action::Log(LogRecord::Statistics {
                     time_unix_ns: receive_time.0,
                     source: u.address,
