@@ -298,6 +298,15 @@ impl Node {
                         "trace {time_unix_ns} tracking offset {offset_s:.9} freq {frequency_ppm:.6} skew {skew_ppm:.6} rootdisp {root_dispersion_s:.9}"
                     );
                 }
+                Action::Log(strata_proto::ipc::LogRecord::Statistics {
+                    time_unix_ns,
+                    source,
+                    offset_s,
+                    jitter_s,
+                    ..
+                }) if self.trace => {
+                    eprintln!("trace {time_unix_ns} statistics {source} offset {offset_s:.9} jitter {jitter_s:.9}");
+                }
                 Action::Failover(f) => info!(from = %f.from, to = %f.to, "selected a new system peer"),
                 Action::Notice(text) => warn!("{text}"),
                 Action::Serve(_) | Action::Drift { .. } | Action::Log(_) => {}
