@@ -7,7 +7,7 @@ use strata_proto::ntp::{LeapIndicator, NtpTimestamp, ReferenceId};
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerState {
     pub leap: LeapIndicator,
-    /// 1 for a primary server. 16 and above go out as 0 (see [`respond`]).
+    /// 1 for a primary server. 16 and above go out as 0 (see the engine's `server::respond`).
     pub stratum: u8,
     pub reference_id: ReferenceId,
     /// When the clock was last set or corrected. Zero in a synchronised state means
@@ -46,7 +46,7 @@ impl ServerState {
     /// chrony's `local stratum N`: serve the undisciplined local clock as if it were
     /// synchronised, at stratum `stratum` (clamped to 1..=15, the synchronised
     /// strata), reference id "LOCL", no leap warning. The reference time stays zero
-    /// and [`respond`] stamps receive − 1 s instead, as chrony does, because a local
+    /// and the engine's `server::respond` stamps receive − 1 s instead, as chrony does, because a local
     /// reference is always current.
     pub fn local(stratum: u8) -> ServerState {
         ServerState {
