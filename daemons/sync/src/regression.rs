@@ -161,7 +161,7 @@ impl Register {
         self.points.push_back(point);
         self.regression_len = (self.regression_len + 1).min(self.max_points);
         self.trim();
-        let line = self.fit()?;
+        let line = self.fit(true)?;
         let dropped = self.regression_len - line.points;
         self.regression_len -= dropped;
         self.trim();
@@ -170,7 +170,7 @@ impl Register {
 
     /// The line through the current points (as [`Register::push`] left them).
     pub fn line(&self) -> Option<Line> {
-        self.fit_window(self.regression_len, false)
+        self.fit(false)
     }
 
     /// Re-express the points as if the frequency correction had been `delta_ppm`
@@ -197,14 +197,10 @@ impl Register {
         }
     }
 
-    /// The runs test over the regression window.
-    fn fit(&self) -> Option<Line> {
-        self.fit_window(self.regression_len, true)
-    }
-
-    /// The line through the newest `n` points; with `runs_test`, older points are
+    /// The line through the regression's points; with `runs_test`, the oldest are
     /// dropped while the residuals show too few runs. `None` without points.
-    fn fit_window(&self, n: usize, runs_test: bool) -> Option<Line> {
+    fn fit(&self, runs_test: bool) -> Option<Line> {
+        let n = self.regression_len;
         if n == 0 {
             return None;
         }
