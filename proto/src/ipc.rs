@@ -398,6 +398,8 @@ pub struct NtpSettings {
     pub leap_sec_mode: LeapSecMode,
     /// chrony's selection and regression directives.
     pub selection: SelectionSettings,
+    /// The adjuster's slew rate, ppm (the `maxslewrate` it is given).
+    pub max_slew_rate_ppm: f64,
     /// Whether to report `LogRecord`s (some statistics log is configured).
     pub log_records: bool,
     /// The refclocks as sources, in configuration order.
@@ -538,6 +540,9 @@ pub struct AdjustSettings {
     pub steps_left: u32,
     /// Automatic steps are allowed until this system time (ns since the Unix epoch).
     pub automatic_steps_until_ns: i64,
+    /// chrony's `maxslewrate`, ppm: the configured rate, never above the policy's
+    /// (the adjuster holds it to its own limit whatever it is told).
+    pub max_slew_rate_ppm: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

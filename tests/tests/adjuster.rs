@@ -45,6 +45,7 @@ fn adjuster(model: &File, window_open: bool) -> Standalone {
         backend: ClockBackendKind::Simulated,
         steps_left: 4,
         automatic_steps_until_ns: until,
+        max_slew_rate_ppm: strata_policy::clock::MAX_SLEW_RATE_PPM,
     });
     Standalone::start_with(settings, vec![(Resource::ClockModel { writable: true }, fd)])
 }

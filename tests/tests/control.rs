@@ -450,9 +450,9 @@ fn an_admins_makestep_steps_a_clock_the_discipline_would_only_slew() {
     };
     let upstream = TestNtpServer::start("127.0.0.27:0", 0.0);
     let port = free_udp_port();
-    // No makestep in the configuration: 30 s would be slewed, for six minutes at
-    // 83 333 ppm.
-    let clock = format!("backend = \"simulated:{}\"", model_path.display());
+    // No makestep in the configuration: 30 s would be slewed, at the configured
+    // maxslewrate of 1000 ppm for eight hours.
+    let clock = format!("backend = \"simulated:{}\"\nmaxslewrate = 1000.0", model_path.display());
     let mut appliance =
         Appliance::start_with_clock("control-makestep", Some(&config(port, upstream.address, "")), &clock);
     let socket = socket_of(&appliance);
@@ -462,7 +462,11 @@ fn an_admins_makestep_steps_a_clock_the_discipline_would_only_slew() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(appliance.status().clock_steps_used, 0);
-    assert!(model_offset() > 28.0, "the clock moved by more than a slew: {}", model_offset());
+    assert!(model_offset() > 29.9, "the clock moved by more than a slew: {}", model_offset());
+    // Slewing, at the configured rate at most, not the policy's 83 333 ppm.
+    let bytes = std::fs::read(&model_path).unwrap();
+    let slewing = ClockModel::decode(&bytes[..RECORD_LEN]).unwrap().1;
+    assert!(slewing.slew_ppm.abs() > 0.0 && slewing.slew_ppm.abs() <= 1000.0, "{slewing:?}");
 
     let (code, out, err) = stratactl(&socket, None, &["makestep"]);
     assert_eq!(code, 0, "makestep: {err}");

@@ -150,7 +150,11 @@ impl Service for Adjuster {
         Ok(Adjuster {
             backend,
             leap: KernelLeap::None,
-            policy: ClockPolicy::new(settings.steps_left, settings.automatic_steps_until_ns),
+            policy: ClockPolicy::new(
+                settings.steps_left,
+                settings.automatic_steps_until_ns,
+                settings.max_slew_rate_ppm,
+            ),
             refusals_logged: 0,
             refusals_since: Instant::now(),
         })

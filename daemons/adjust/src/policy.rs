@@ -35,14 +35,20 @@ pub struct ClockPolicy {
     /// Automatic steps are allowed until this system time (ns since the epoch).
     pub automatic_steps_until_ns: i64,
     pub operator_step_authorised: bool,
+    /// The rate slews run at, ppm: the configured `maxslewrate`, at most the policy's.
+    pub slew_rate_ppm: f64,
 }
 
 impl ClockPolicy {
-    pub fn new(steps_left: u32, automatic_steps_until_ns: i64) -> ClockPolicy {
+    /// `slew_rate_ppm` is held to (0, the policy's rate]; anything else is the policy's.
+    pub fn new(steps_left: u32, automatic_steps_until_ns: i64, slew_rate_ppm: f64) -> ClockPolicy {
+        let slew_rate_ppm =
+            if slew_rate_ppm > 0.0 { slew_rate_ppm.min(limits::MAX_SLEW_RATE_PPM) } else { limits::MAX_SLEW_RATE_PPM };
         ClockPolicy {
             steps_left: steps_left.min(limits::STEP_BUDGET_PER_BOOT),
             automatic_steps_until_ns,
             operator_step_authorised: false,
+            slew_rate_ppm,
         }
     }
 
@@ -74,7 +80,7 @@ impl ClockPolicy {
             EngineToAdjuster::Hello(_) | EngineToAdjuster::ReadStatus | EngineToAdjuster::SetLeap(_) => return None,
             EngineToAdjuster::Slew { offset_s } => {
                 finite("slew offset", offset_s).and_then(|()| beyond_panic("a slew", offset_s)).map(|()| {
-                    let change = Change::Slew { offset_s, rate_ppm: limits::MAX_SLEW_RATE_PPM };
+                    let change = Change::Slew { offset_s, rate_ppm: self.slew_rate_ppm };
                     (ClockRequestKind::Slew, Verdict::Apply(change))
                 })
             }
@@ -135,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_step_needs_the_window_or_an_operator_and_budget() {
-        let mut policy = ClockPolicy::new(3, NOW + 1);
+        let mut policy = ClockPolicy::new(3, NOW + 1, limits::MAX_SLEW_RATE_PPM);
         assert!(matches!(verdict(&policy, EngineToAdjuster::Step { offset_s: 2.0 }), Verdict::Apply(_)));
         policy.automatic_steps_until_ns = NOW;
         assert!(matches!(verdict(&policy, EngineToAdjuster::Step { offset_s: 2.0 }), Verdict::Refuse(_)));
@@ -150,7 +156,7 @@ mod tests {
 
     #[test]
     fn frequencies_beyond_the_policy_are_refused_and_nonsense_is_a_breach() {
-        let policy = ClockPolicy::new(3, NOW + 1);
+        let policy = ClockPolicy::new(3, NOW + 1, limits::MAX_SLEW_RATE_PPM);
         let over = limits::MAX_FREQUENCY_PPM + 1.0;
         assert!(matches!(verdict(&policy, EngineToAdjuster::SetFrequency { ppm: over }), Verdict::Refuse(_)));
         assert!(matches!(
@@ -160,5 +166,20 @@ mod tests {
         let far = limits::PANIC_THRESHOLD_S * 2.0;
         assert!(matches!(policy.check(&EngineToAdjuster::Step { offset_s: far }, NOW), Some(Err(Breach::Panic(_)))));
         assert_eq!(policy.check(&EngineToAdjuster::ReadStatus, NOW), None);
+    }
+
+    #[test]
+    fn slews_run_at_the_configured_maxslewrate_never_above_the_policys() {
+        let rate = |configured_ppm: f64| match verdict(
+            &ClockPolicy::new(3, NOW + 1, configured_ppm),
+            EngineToAdjuster::Slew { offset_s: 0.5 },
+        ) {
+            Verdict::Apply(Change::Slew { rate_ppm, .. }) => rate_ppm,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(rate(1000.0), 1000.0);
+        assert_eq!(rate(1e6), limits::MAX_SLEW_RATE_PPM);
+        assert_eq!(rate(f64::NAN), limits::MAX_SLEW_RATE_PPM);
+        assert_eq!(rate(-5.0), limits::MAX_SLEW_RATE_PPM);
     }
 }

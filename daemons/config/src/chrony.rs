@@ -72,9 +72,6 @@ fn unsupported_directive(directive: &str) -> &'static str {
         "lock_all" => "strata does not lock its memory",
         "sched_priority" => "strata does not change its scheduling priority",
         "smoothtime" => "strata serves its clock's time unsmoothed",
-        "maxslewrate" => {
-            "the adjuster slews at up to chrony's default 83 333 ppm, set by its compiled-in policy (policy/clock.toml)"
-        }
         "maxdrift" => "the adjuster refuses frequencies beyond 500 ppm, by its compiled-in policy (policy/clock.toml)",
         "maxchange" => "the adjuster's panic threshold, in its compiled-in policy (policy/clock.toml), plays this role",
         "maxclockerror" | "corrtimeratio" | "clockprecision" => {
@@ -183,7 +180,8 @@ struct Importer {
     makestep: Option<Item>,
     minsources: Option<Item>,
     /// maxdistance, maxjitter, reselectdist, stratumweight, combinelimit,
-    /// maxupdateskew, minsamples, maxsamples: one each, in the file's order.
+    /// maxupdateskew, minsamples, maxsamples, maxslewrate: one each, in the file's
+    /// order.
     selection: Vec<(String, Item)>,
     driftfile: Option<Item>,
     leapsecmode: Option<Item>,
@@ -282,7 +280,7 @@ impl Importer {
                 _ => self.invalid(line, "`driftfile` takes one file"),
             },
             d @ ("maxdistance" | "maxjitter" | "reselectdist" | "stratumweight" | "combinelimit" | "maxupdateskew"
-            | "minsamples" | "maxsamples") => match line.args[..] {
+            | "minsamples" | "maxsamples" | "maxslewrate") => match line.args[..] {
                 [value] => match selection_value(d, value) {
                     Ok(toml) => {
                         let item = Item::new(line, format!("{d} = {toml}"));
@@ -756,7 +754,7 @@ impl Importer {
 /// A selection or regression directive's value as TOML, in the range `[clock]`
 /// accepts (so that the imported file loads).
 fn selection_value(directive: &str, value: &str) -> Result<String, String> {
-    use crate::{CombineLimit, DistanceSeconds, SampleCount, SkewPpm};
+    use crate::{CombineLimit, DistanceSeconds, SampleCount, SkewPpm, SlewRatePpm};
     if matches!(directive, "minsamples" | "maxsamples") {
         let n: i64 = value.parse().map_err(|_| format!("`{value}` is not a number of samples"))?;
         return SampleCount::try_from(n).map(|n| n.0.to_string());
@@ -765,6 +763,7 @@ fn selection_value(directive: &str, value: &str) -> Result<String, String> {
     match directive {
         "combinelimit" => CombineLimit::try_from(x).map(|v| format!("{:?}", v.0)),
         "maxupdateskew" => SkewPpm::try_from(x).map(|v| format!("{:?}", v.0)),
+        "maxslewrate" => SlewRatePpm::try_from(x).map(|v| format!("{:?}", v.0)),
         _ => DistanceSeconds::try_from(x).map(|v| format!("{:?}", v.0)),
     }
 }
@@ -916,13 +915,14 @@ mod tests {
     fn selection_and_regression_directives() {
         let (c, import) = import_ok(
             "maxdistance 1.5\nmaxjitter 0.2\nreselectdist 0.001\nstratumweight 0\ncombinelimit 2\n\
-             maxupdateskew 100.0\nminsamples 4\nmaxsamples 32\nmaxdistance 2\n",
+             maxupdateskew 100.0\nminsamples 4\nmaxsamples 32\nmaxdistance 2\nmaxslewrate 1000\n",
         );
         assert!(import.unsupported.is_empty(), "{:?}", import.unsupported);
         let s = c.clock.selection();
         assert_eq!((s.max_distance_s, s.max_jitter_s, s.reselect_distance_s), (2.0, 0.2, 0.001));
         assert_eq!((s.stratum_weight_s, s.combine_limit, s.max_update_skew_ppm), (0.0, 2.0, 100.0));
         assert_eq!((s.min_samples, s.max_samples), (4, 32));
+        assert_eq!(c.clock.maxslewrate.map(|r| r.0), Some(1000.0));
         // Out of range or not a number: left out with the line, the rest converted.
         let (c, import) = import_ok("maxsamples 200\nmaxjitter soon\n");
         assert_eq!(c.clock.selection(), strata_proto::ipc::SelectionSettings::default());

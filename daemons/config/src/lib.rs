@@ -519,6 +519,7 @@ macro_rules! bounded_float {
 bounded_float!(DistanceSeconds, 0.0, 1000.0, "a distance in seconds");
 bounded_float!(CombineLimit, 0.0, 1e6, "a combine limit");
 bounded_float!(SkewPpm, 1e-6, 1e9, "a skew in ppm");
+bounded_float!(SlewRatePpm, 1.0, 999_999.0, "a slew rate in ppm");
 bounded!(SampleCount: u8, 3, 64, "a number of regression samples");
 bounded!(Millis, 0, 3_600_000, "a delay in milliseconds");
 bounded!(Seconds, 1, 86_400, "a window in seconds");
@@ -576,6 +577,10 @@ pub struct ClockConfig {
     /// `step`, `slew` or `ignore`.
     #[serde(default)]
     pub leapsecmode: LeapSecMode,
+    /// chrony's `maxslewrate`, ppm; absent: the adjuster's policy's (83 333), which
+    /// also caps it.
+    #[serde(default)]
+    pub maxslewrate: Option<SlewRatePpm>,
     /// chrony's selection directives, seconds: `maxdistance` (3), `maxjitter` (1),
     /// `reselectdist` (100 µs), `stratumweight` (1 ms); and `combinelimit` (3).
     #[serde(default = "default_maxdistance")]
@@ -651,6 +656,7 @@ impl Default for ClockConfig {
             minsources: 1,
             driftfile: None,
             leapsecmode: LeapSecMode::System,
+            maxslewrate: None,
             maxdistance: default_maxdistance(),
             maxjitter: default_maxjitter(),
             reselectdist: default_reselectdist(),

@@ -27,8 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::workers::{Shared, system_now_ns};
 
-/// Largest slew and frequency the adjuster applies (policy/clock.toml).
-const ADJUSTER_SLEW_RATE_PPM: f64 = strata_policy::clock::MAX_SLEW_RATE_PPM;
+/// Largest frequency the adjuster applies (policy/clock.toml).
 const ADJUSTER_MAX_FREQUENCY_PPM: f64 = strata_policy::clock::MAX_FREQUENCY_PPM;
 
 struct Socket {
@@ -46,13 +45,16 @@ pub struct Timekeeping {
     origin: Instant,
     /// The adjuster's latest report; `None` while it is down.
     clock: Option<ClockStatus>,
+    /// The adjuster's slew rate (`maxslewrate`, within its policy), ppm.
+    slew_rate_ppm: f64,
 }
 
 impl Timekeeping {
     /// Set up before the sandbox: creates and connects one socket per upstream.
     pub fn new(settings: &NtpSettings, shared: Arc<Shared>) -> Result<Timekeeping, String> {
         let origin = Instant::now();
-        let config = TimekeeperConfig::from_settings(settings, ADJUSTER_SLEW_RATE_PPM, ADJUSTER_MAX_FREQUENCY_PPM)
+        let slew_rate_ppm = settings.max_slew_rate_ppm.min(strata_policy::clock::MAX_SLEW_RATE_PPM);
+        let config = TimekeeperConfig::from_settings(settings, slew_rate_ppm, ADJUSTER_MAX_FREQUENCY_PPM)
             .map_err(|e| format!("discipline: {e}"))?;
         if let Some((ppm, skew_ppm)) = settings.initial_frequency {
             info!(ppm, skew_ppm, "frequency from the driftfile");
@@ -62,7 +64,7 @@ impl Timekeeping {
             .upstreams()
             .map(|(source, address)| Ok(Socket { source, address, socket: connected_socket(address)? }))
             .collect::<Result<_, String>>()?;
-        Ok(Timekeeping { shared, system, sockets, origin, clock: None })
+        Ok(Timekeeping { shared, system, sockets, origin, clock: None, slew_rate_ppm })
     }
 
     fn now(&self) -> Monotonic {
@@ -75,8 +77,7 @@ impl Timekeeping {
 
     pub fn clock_status(&mut self, status: ClockStatus) {
         self.system.set_adjustable(status.backend != ClockBackendKind::None);
-        self.system
-            .set_max_slew_rate_ppm(strata_proto::ipc::backend_slew_rate_ppm(status.backend, ADJUSTER_SLEW_RATE_PPM));
+        self.system.set_max_slew_rate_ppm(strata_proto::ipc::backend_slew_rate_ppm(status.backend, self.slew_rate_ppm));
         self.system.set_automatic_steps_allowed(status.automatic_steps_allowed && status.steps_left > 0);
         self.clock = Some(status);
     }

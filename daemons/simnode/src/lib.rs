@@ -139,7 +139,7 @@ impl Node {
         let settings = strata::refclocks::ntp_settings(config, &upstreams, None);
         let mut timekeeper = TimekeeperConfig::from_settings(
             &settings,
-            strata_policy::clock::MAX_SLEW_RATE_PPM,
+            settings.max_slew_rate_ppm,
             strata_policy::clock::MAX_FREQUENCY_PPM,
         )
         .map_err(|e| format!("discipline: {e}"))?;
@@ -154,7 +154,11 @@ impl Node {
         let backend = Backend::open(ClockBackendKind::System, None, system_now_ns())?;
         // The appliance's first start is now: the makestep window runs from here.
         let window_ns = (strata_policy::clock::STEP_WINDOW_S * 1e9) as i64;
-        let policy = ClockPolicy::new(strata_policy::clock::STEP_BUDGET_PER_BOOT, system_now_ns() + window_ns);
+        let policy = ClockPolicy::new(
+            strata_policy::clock::STEP_BUDGET_PER_BOOT,
+            system_now_ns() + window_ns,
+            settings.max_slew_rate_ppm,
+        );
         // No type flags: clknetsim's socket() refuses them.
         let socket = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::empty(), None)
             .map_err(|e| format!("socket: {e}"))?;

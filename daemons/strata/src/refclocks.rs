@@ -123,9 +123,17 @@ pub fn ntp_settings(
         initial_frequency,
         leap_sec_mode: config.clock.leapsecmode,
         selection: config.clock.selection(),
+        max_slew_rate_ppm: slew_rate_ppm(config),
         log_records: config.logs.as_ref().is_some_and(|l| !l.kinds.is_empty()),
         refclocks: source_settings(&config.refclock),
     }
+}
+
+/// chrony's `maxslewrate` as configured, held to the adjuster's policy (absent: the
+/// policy's rate); the adjuster and the engine are both told it.
+pub fn slew_rate_ppm(config: &Config) -> f64 {
+    let policy_ppm = strata_policy::clock::MAX_SLEW_RATE_PPM;
+    config.clock.maxslewrate.map_or(policy_ppm, |rate| rate.0.min(policy_ppm))
 }
 
 /// The engine's settings, one per refclock in configuration order.

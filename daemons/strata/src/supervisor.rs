@@ -405,6 +405,7 @@ impl Supervisor {
                 steps_left: strata_policy::clock::STEP_BUDGET_PER_BOOT.saturating_sub(self.steps.used),
                 automatic_steps_until_ns: self.steps.first_start_ns
                     + (strata_policy::clock::STEP_WINDOW_S * 1e9) as i64,
+                max_slew_rate_ppm: crate::refclocks::slew_rate_ppm(&self.config),
             }),
             Role::Control => Settings::Control(ControlSettings {
                 read_gid: self.control_gids.0,

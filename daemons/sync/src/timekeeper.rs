@@ -978,6 +978,7 @@ mod tests {
             initial_frequency: None,
             leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
             selection: Default::default(),
+            max_slew_rate_ppm: 500.0,
             log_records: false,
             refclocks,
         };

@@ -145,6 +145,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: bool) -> Result<Outcome, Strin
         initial_frequency: None,
         leap_sec_mode: strata_proto::ipc::LeapSecMode::System,
         selection: Default::default(),
+        max_slew_rate_ppm: Limits::policy().max_slew_rate_ppm,
         log_records: false,
         refclocks: Vec::new(),
     };
