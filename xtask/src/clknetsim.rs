@@ -350,7 +350,8 @@ fn prepare(profile: &str) -> Result<Tools> {
     let source = root().join(CLKNETSIM_SOURCE);
     let build = root().join("target/clknetsim");
     if !build.join("clknetsim.so").exists() || !build.join("clknetsim").exists() {
-        // shared/ is read-only under CI: copy, then build.
+        // The vendored source beside the repository is read-only (ARCHITECTURE.md,
+        // "Tests"): copy, then build.
         std::fs::create_dir_all(&build).map_err(|e| format!("{}: {e}", build.display()))?;
         run(Command::new("cp").arg("-rT").arg(&source).arg(&build))?;
         run(Command::new("chmod").args(["-R", "u+w"]).arg(&build))?;

@@ -53,6 +53,7 @@ impl Timekeeping {
     /// Set up before the sandbox: creates and connects one socket per upstream.
     pub fn new(settings: &NtpSettings, shared: Arc<Shared>) -> Result<Timekeeping, String> {
         let origin = Instant::now();
+        // The adjuster holds the rate to its policy whatever it is told: model that.
         let slew_rate_ppm = settings.max_slew_rate_ppm.min(strata_policy::clock::MAX_SLEW_RATE_PPM);
         let config = TimekeeperConfig::from_settings(settings, slew_rate_ppm, ADJUSTER_MAX_FREQUENCY_PPM)
             .map_err(|e| format!("discipline: {e}"))?;

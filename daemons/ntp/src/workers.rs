@@ -273,7 +273,10 @@ struct Worker {
     destinations: Box<[Option<SockaddrStorage>; BATCH]>,
     recv_headers: MultiHeaders<SockaddrStorage>,
     send_headers: MultiHeaders<SockaddrStorage>,
-    /// xorshift state for the rate limiter's leak and kiss-o'-death draws.
+    /// xorshift state for the rate limiter's leak and kiss-o'-death draws. Not
+    /// security-relevant (chrony draws them with random(3) too): predicting them
+    /// wins a client one answer more or less, never a forged one. Cookies and keys
+    /// come from getrandom (`strata_sys::random_u64`).
     random: u64,
 }
 

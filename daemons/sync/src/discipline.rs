@@ -612,7 +612,7 @@ mod tests {
             leap: LeapIndicator::NoWarning,
         };
         filter.add_in_frame(sample, discipline.phase_correction_s(time));
-        // None after a phase jump, until the source has a slope again: no update.
+        // No estimate (the filter refused every sample so far): no update.
         let Some(filtered) = filter.estimate_in_frame(time, discipline.phase_correction_s(time)) else {
             return Vec::new();
         };
@@ -1279,7 +1279,7 @@ mod tests {
             for &action in &actions {
                 clock.apply(action);
             }
-            // A measurement right after a phase jump makes no update (see `measure`).
+            // A measurement that gave no estimate made no update (see `measure`).
             if !actions.is_empty() {
                 last_time = Some(clock.local_time());
             }

@@ -214,8 +214,9 @@ impl ClockFilter {
         }
     }
 
-    /// Offer a new sample to the filter, with no phase correction (a discipline that
-    /// never moved the clock).
+    /// Offer a new sample to the filter, with no phase correction (the tests' clock
+    /// is never moved).
+    #[cfg(test)]
     pub fn add(&mut self, sample: Sample) -> AddOutcome {
         self.add_in_frame(sample, 0.0)
     }
