@@ -25,7 +25,7 @@ use crate::{Result, cargo, root, run};
 /// under CI: it is copied into `target/` before `make`).
 const CLKNETSIM_SOURCE: &str = "../shared/vendor/clknetsim";
 
-/// The seed of the figures in BENCHMARKS.md and of the CI guard.
+/// The seed of the figures in BENCHMARKS.md and of the CI guard; `--seeds N` runs 1..=N.
 const SEED: u64 = 1;
 const HOURS: f64 = 6.0;
 /// The CI guard's bounds: strata's RMS offsets, recorded by `--record-bounds`.
@@ -213,6 +213,8 @@ struct Figures {
 struct Options {
     only: Vec<String>,
     hours: f64,
+    /// Seeds 1..=seeds, each scenario's runs pooled into one row.
+    seeds: u64,
     ci: bool,
     record_bounds: bool,
     /// strata-simnode's `--trace` (its updates and requests in its log.1).
@@ -221,13 +223,16 @@ struct Options {
 
 fn usage() -> String {
     let mut usage = String::from(
-        "usage: cargo xtask clknetsim [--scenario NAME]... [--hours H] [--ci] [--record-bounds] [--trace]
+        "usage: cargo xtask clknetsim [--scenario NAME]... [--hours H] [--seeds N] [--ci] [--record-bounds] [--trace]
 
 Runs each scenario under clknetsim with chronyd and with strata-simnode (same
 network, clocks and seed) and prints the side-by-side table. --ci: the guarded
 scenarios, 2 h each, checked against xtask/clknetsim-bounds.txt; --record-bounds
 writes that file from the run. --trace: strata-simnode writes every clock
-update and request to target/clknetsim-runs/SCENARIO-strata/log.1.
+update and request to target/clknetsim-runs/SCENARIO-strata/log.1. --seeds N:
+each scenario with seeds 1..=N, the runs pooled (RMS over all of them, the worst
+maximum and convergence, steps summed): a scenario whose error is mostly one
+draw of its noise (wan) is judged on more than one draw.
 
 scenarios:",
     );
@@ -238,7 +243,8 @@ scenarios:",
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options { only: Vec::new(), hours: HOURS, ci: false, record_bounds: false, trace: false };
+    let mut options =
+        Options { only: Vec::new(), hours: HOURS, seeds: 1, ci: false, record_bounds: false, trace: false };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -250,6 +256,13 @@ fn parse(args: &[String]) -> Result<Options> {
                     return Err("--hours: above 0, at most 48".into());
                 }
             }
+            "--seeds" => {
+                let v = args.next().ok_or("--seeds needs a value")?;
+                options.seeds = v.parse().map_err(|_| format!("--seeds: not a number: {v:?}"))?;
+                if !(1..=100).contains(&options.seeds) {
+                    return Err("--seeds: 1 to 100".into());
+                }
+            }
             "--ci" => options.ci = true,
             "--record-bounds" => options.record_bounds = true,
             "--trace" => options.trace = true,
@@ -258,6 +271,9 @@ fn parse(args: &[String]) -> Result<Options> {
         }
     }
     if options.ci || options.record_bounds {
+        if options.seeds != 1 {
+            return Err("--ci and --record-bounds run seed 1 only".into());
+        }
         options.hours = CI_HOURS;
     }
     Ok(options)
@@ -284,11 +300,14 @@ pub fn main(args: &[String]) -> Result {
     let started = Instant::now();
     let mut rows = Vec::new();
     for scenario in &chosen {
-        let chronyd = run_scenario(&tools, scenario, Daemon::Chronyd, options.hours, false)?;
-        let strata = run_scenario(&tools, scenario, Daemon::Strata, options.hours, options.trace)?;
-        rows.push((scenario.clone(), chronyd, strata));
+        let (mut chronyd, mut strata) = (Vec::new(), Vec::new());
+        for seed in SEED..SEED + options.seeds {
+            chronyd.push(run_scenario(&tools, scenario, Daemon::Chronyd, options.hours, seed, false)?);
+            strata.push(run_scenario(&tools, scenario, Daemon::Strata, options.hours, seed, options.trace)?);
+        }
+        rows.push((scenario.clone(), pool(&chronyd), pool(&strata)));
     }
-    print!("{}", table(&rows, options.hours));
+    print!("{}", table(&rows, options.hours, options.seeds));
     eprintln!("clknetsim: {} scenario(s) in {:.1} s of wall-clock time", rows.len(), started.elapsed().as_secs_f64());
     let bounds_path = root().join(BOUNDS);
     if options.record_bounds {
@@ -403,7 +422,7 @@ fn client_chrony_conf(s: &Scenario) -> String {
     conf + &s.chrony + "\n"
 }
 
-fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, trace: bool) -> Result<Figures> {
+fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, seed: u64, trace: bool) -> Result<Figures> {
     let dir = root().join("target/clknetsim-runs").join(format!("{}-{}", s.name, daemon.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -420,7 +439,7 @@ fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, trace: 
             .env("LD_PRELOAD", &tools.preload)
             .env("CLKNETSIM_NODE", node.to_string())
             .env("CLKNETSIM_SOCKET", &socket)
-            .env("CLKNETSIM_RANDOM_SEED", SEED.to_string())
+            .env("CLKNETSIM_RANDOM_SEED", seed.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -465,7 +484,7 @@ fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, trace: 
     let seconds = (hours * 3600.0).round() as u64;
     let mut server = Command::new(&tools.clknetsim)
         .current_dir(&dir)
-        .env("CLKNETSIM_RANDOM_SEED", SEED.to_string())
+        .env("CLKNETSIM_RANDOM_SEED", seed.to_string())
         .args(["-s"])
         .arg(&socket)
         .args(["-o", "log.offset", "-f", "log.freq", "-l", &seconds.to_string(), "conf", &nodes.to_string()])
@@ -537,6 +556,21 @@ fn figures(offsets: &[f64], frequencies: &[f64], converged_below_s: f64) -> Figu
     }
 }
 
+/// Runs of equal length as one: the RMS over all of them, the worst maximum and
+/// convergence, the steps of all.
+fn pool(runs: &[Figures]) -> Figures {
+    let n = runs.len().max(1) as f64;
+    let quadratic_mean = |f: fn(&Figures) -> f64| (runs.iter().map(|r| f(r).powi(2)).sum::<f64>() / n).sqrt();
+    Figures {
+        rms_offset_s: quadratic_mean(|r| r.rms_offset_s),
+        max_offset_s: runs.iter().fold(0.0, |m: f64, r| m.max(r.max_offset_s)),
+        rms_frequency_ppm: quadratic_mean(|r| r.rms_frequency_ppm),
+        converged_after_s: runs.iter().try_fold(0.0, |m: f64, r| r.converged_after_s.map(|c| m.max(c))),
+        steps: runs.iter().map(|r| r.steps).sum(),
+        refused: runs.iter().map(|r| r.refused).sum(),
+    }
+}
+
 fn seconds(s: f64) -> String {
     if s.abs() >= 1e-3 {
         format!("{:.3} ms", s * 1e3)
@@ -554,9 +588,11 @@ fn converged(c: Option<f64>) -> String {
     }
 }
 
-fn table(rows: &[(Scenario, Figures, Figures)], hours: f64) -> String {
+fn table(rows: &[(Scenario, Figures, Figures)], hours: f64, seeds: u64) -> String {
+    let seeds =
+        if seeds == 1 { format!("seed {SEED}") } else { format!("seeds {SEED}–{}, pooled", SEED + seeds - 1) };
     let mut out = format!(
-        "strata vs chronyd in clknetsim, {hours} simulated h per scenario, seed {SEED}; offsets are true ones, over \
+        "strata vs chronyd in clknetsim, {hours} simulated h per scenario, {seeds}; offsets are true ones, over \
          the second half\n\n\
          | scenario | RMS offset chronyd | RMS offset strata | strata/chronyd | max offset chronyd | max offset strata \
          | RMS freq chronyd ppm | RMS freq strata ppm | converged chronyd | converged strata (below) | steps chronyd \
@@ -611,6 +647,28 @@ mod tests {
         assert_eq!(f.converged_after_s, Some(10.0));
         let never = figures(&[0.5; 20], &[0.0; 20], 1e-3);
         assert_eq!(never.converged_after_s, None);
+    }
+
+    #[test]
+    fn pooled_runs_are_one_run_over_all_seconds() {
+        let a = Figures {
+            rms_offset_s: 3.0,
+            max_offset_s: 5.0,
+            converged_after_s: Some(10.0),
+            steps: 1,
+            ..Figures::default()
+        };
+        let b = Figures {
+            rms_offset_s: 4.0,
+            max_offset_s: 7.0,
+            converged_after_s: Some(20.0),
+            steps: 2,
+            ..Figures::default()
+        };
+        let p = pool(&[a, b]);
+        assert!((p.rms_offset_s - 12.5f64.sqrt()).abs() < 1e-12);
+        assert_eq!((p.max_offset_s, p.converged_after_s, p.steps), (7.0, Some(20.0), 3));
+        assert_eq!(pool(&[a, Figures { converged_after_s: None, ..b }]).converged_after_s, None);
     }
 
     #[test]

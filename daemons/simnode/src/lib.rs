@@ -311,6 +311,18 @@ impl Node {
                 }) if self.trace => {
                     eprintln!("trace {time_unix_ns} statistics {source} offset {offset_s:.9} jitter {jitter_s:.9}");
                 }
+                Action::Log(strata_proto::ipc::LogRecord::Measurement {
+                    time_unix_ns,
+                    source,
+                    offset_s,
+                    delay_s,
+                    dispersion_s,
+                    ..
+                }) if self.trace => {
+                    eprintln!(
+                        "trace {time_unix_ns} measurement {source} offset {offset_s:.9} delay {delay_s:.9} dispersion {dispersion_s:.9}"
+                    );
+                }
                 Action::Failover(f) => info!(from = %f.from, to = %f.to, "selected a new system peer"),
                 Action::Notice(text) => warn!("{text}"),
                 Action::Serve(_) | Action::Drift { .. } | Action::Log(_) => {}
