@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::ntp::LeapIndicator;
 
 /// Bumped whenever any enum below changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Exit status of a child that must not be re-spawned (the adjuster's panic
 /// threshold): the supervisor raises an alarm instead.
@@ -926,6 +926,14 @@ pub struct ServerStats {
     pub kod_sent: u64,
     /// Replies the kernel would not send.
     pub send_failed: u64,
+    /// Requests with the kernel's receive timestamp (the rest: the daemon's clock read).
+    pub rx_kernel: u64,
+    /// The kernel's transmit timestamps read back after the send.
+    pub tx_kernel: u64,
+    /// Answers in interleaved mode (carrying the previous answer's transmit time).
+    pub interleaved: u64,
+    /// Answers whose transmit time is kept for the client's next interleaved request.
+    pub tx_timestamps_held: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -209,6 +209,11 @@ pub fn ntp_now(offset_s: f64) -> u64 {
 /// Run `chronyd -Q` against 127.0.0.1:`port`; returns its output and its
 /// measurements log.
 pub fn chronyd_query(port: u16) -> (bool, String, String) {
+    chronyd_query_with(port, "iburst maxsamples 4")
+}
+
+/// `chronyd -Q` against strata with `options` on its server line.
+pub fn chronyd_query_with(port: u16, options: &str) -> (bool, String, String) {
     let dir = scratch_dir("chronyd-q");
     // chronyd drops to its own user and must be able to write its log here.
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
@@ -216,7 +221,7 @@ pub fn chronyd_query(port: u16) -> (bool, String, String) {
     std::fs::write(
         &conf,
         format!(
-            "server 127.0.0.1 port {port} iburst maxsamples 4\nlogdir {0}\nlog measurements\n\
+            "server 127.0.0.1 port {port} {options}\nlogdir {0}\nlog measurements\n\
              cmdport 0\nbindcmdaddress {0}/chronyd.sock\npidfile {0}/chronyd.pid\n",
             dir.display()
         ),

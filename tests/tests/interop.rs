@@ -41,6 +41,23 @@ fn chronyd_takes_strata_for_a_stratum_1_server_within_a_millisecond() {
 }
 
 #[test]
+fn chronyd_in_interleaved_mode_gets_the_kernels_transmit_timestamps() {
+    if !require_tool("chronyd xleave", "chronyd") || !require_root("chronyd xleave") {
+        return;
+    }
+    let appliance = Appliance::start("chronyd-xleave", "");
+    let (ok, output, log) = strata_tests::chronyd_query_with(appliance.ntp_port, "iburst xleave maxsamples 6");
+    assert!(ok, "chronyd -Q failed:\n{output}");
+    assert!(strata_tests::chronyd_offset(&output).abs() < 1e-3, "{output}");
+    // The measurements log's last columns: mode and B(asic)/I(nterleaved), then the
+    // sources of chronyd's own TX and RX timestamps. From the third exchange on, the
+    // server answers in interleaved mode.
+    let modes: Vec<&str> =
+        log.lines().filter(|l| l.contains(" 127.0.0.1 ")).filter_map(|l| l.split_whitespace().rev().nth(2)).collect();
+    assert!(modes.iter().filter(|m| **m == "4I").count() >= 2, "modes {modes:?} in:\n{log}");
+}
+
+#[test]
 fn ntpdig_takes_strata_for_a_stratum_1_server_within_a_millisecond() {
     if !require_tool("ntpdig interop", "ntpdig") || !require_root("ntpdig interop") {
         return;

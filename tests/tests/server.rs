@@ -133,6 +133,47 @@ fn bad_requests_are_dropped_and_counted_and_good_ones_answered() {
     assert!(process.running());
 }
 
+fn ntp_u64(reply: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(reply[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn an_interleaved_client_gets_the_kernels_transmit_time_of_the_previous_answer() {
+    let server = start(&["allow 127.0.0.0/8"], None, 524_288);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wait = Duration::from_secs(2);
+    // As chrony's interleaved client builds them: origin = our receive timestamp of
+    // its previous request, receive = its own receive time of that answer.
+    let request = |origin: u64, receive: u64, transmit: u64| {
+        let mut r = client_request(transmit);
+        r[24..32].copy_from_slice(&origin.to_be_bytes());
+        r[32..40].copy_from_slice(&receive.to_be_bytes());
+        r
+    };
+    let first = exchange(&client, server.address, &client_request(0x1111), wait).unwrap();
+    assert_eq!(ntp_u64(&first, 32) & 1, 1, "receive timestamps go out odd");
+    assert_eq!(ntp_u64(&first, 40) & 1, 0, "transmit timestamps go out even");
+    let second = exchange(&client, server.address, &request(ntp_u64(&first, 32), 0x2222, 0x3333), wait).unwrap();
+    assert_eq!(ntp_u64(&second, 24), 0x3333, "nothing saved for the first answer: basic mode");
+    let third = exchange(&client, server.address, &request(ntp_u64(&second, 32), 0x4444, 0x5555), wait).unwrap();
+    assert_eq!(ntp_u64(&third, 24), 0x4444, "interleaved: the origin is the request's receive timestamp");
+    // The third answer carries when the second left: the kernel's timestamp, after
+    // the clock read the second carried (taken before sendmmsg), well within 1 ms,
+    // and before the third request arrived.
+    let (second_rx, second_daemon_tx, sent) = (ntp_u64(&second, 32), ntp_u64(&second, 40), ntp_u64(&third, 40));
+    let ms = (1u64 << 32) / 1000;
+    assert!(sent > second_daemon_tx && sent - second_daemon_tx < ms, "{second_rx:x} {second_daemon_tx:x} {sent:x}");
+    assert!(sent < ntp_u64(&third, 32));
+    // A replayed request finds nothing: a basic answer.
+    let replay = exchange(&client, server.address, &request(ntp_u64(&second, 32), 0x4444, 0x5555), wait).unwrap();
+    assert_eq!(ntp_u64(&replay, 24), 0x5555);
+
+    let stats = server.settled_stats(4);
+    assert_eq!(stats.interleaved, 1, "{stats:?}");
+    assert!(stats.rx_kernel == 4 && stats.tx_kernel >= 4, "{stats:?}");
+    assert!(stats.tx_timestamps_held >= 1, "{stats:?}");
+}
+
 #[test]
 fn access_rules_decide_who_is_answered() {
     let server = start(&["allow 127.0.0.0/8", "deny 127.0.0.2"], None, 524_288);
@@ -208,7 +249,11 @@ fn a_million_source_addresses_do_not_grow_the_client_log_past_its_limit() {
     .unwrap();
     let target =
         nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, server.address.port()));
-    let payload = client_request(1);
+    // Each request looks interleaved (origin one of our receive timestamps, receive
+    // ≠ transmit), so each answer's transmit time is saved in the map too.
+    let mut payload = client_request(1);
+    payload[24..32].copy_from_slice(&0xe9b5_a2c1_0000_0001u64.to_be_bytes());
+    payload[32..40].copy_from_slice(&5u64.to_be_bytes());
     let mut arrived = 0;
     // Until a million distinct sources have been heard (a few packets may overflow
     // the loopback queue under load, so keep going with new addresses, each once).
@@ -244,6 +289,7 @@ fn a_million_source_addresses_do_not_grow_the_client_log_past_its_limit() {
     assert!(after.clients_logged > 10_000, "{after:?}");
     // Every logged client is a 36-byte record inside the fixed table.
     assert!(after.clients_logged * 36 <= after.client_log_bytes, "{after:?}");
+    assert!(after.server.tx_timestamps_held > 1000, "the interleaved-mode map was not filled: {after:?}");
     assert_eq!(after.client_log_bytes, before.client_log_bytes, "the client log grew");
     assert!(after.client_log_bytes <= limit_bytes);
     let rss_after = rss_kib(server.process.pid());

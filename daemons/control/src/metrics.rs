@@ -385,6 +385,9 @@ fn encode_server(e: &mut DescriptorEncoder, s: &v1::ServerStatsReply) -> fmt::Re
         ),
         ("strata_ntp_kod_sent", "Kiss-o'-death packets sent to clients.", s.kod_sent),
         ("strata_ntp_send_failures", "Responses the kernel refused to send.", s.send_failed),
+        ("strata_ntp_rx_kernel_timestamps", "Requests stamped with the kernel's receive timestamp.", s.rx_kernel),
+        ("strata_ntp_tx_kernel_timestamps", "The kernel's transmit timestamps read back after sending.", s.tx_kernel),
+        ("strata_ntp_interleaved_responses", "Responses in interleaved mode (RFC 9769).", s.interleaved),
     ];
     for (name, help, value) in counters {
         single(e, name, help, ConstCounter::new(value))?;
@@ -400,6 +403,12 @@ fn encode_server(e: &mut DescriptorEncoder, s: &v1::ServerStatsReply) -> fmt::Re
         "strata_ntp_client_log_bytes",
         "Memory held by the client log in bytes, bounded by client-log-limit.",
         ConstGauge::new(s.client_log_bytes),
+    )?;
+    single(
+        e,
+        "strata_ntp_tx_timestamps_held",
+        "Transmit times kept for clients' next interleaved requests.",
+        ConstGauge::new(s.tx_timestamps_held),
     )
 }
 

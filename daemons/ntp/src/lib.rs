@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod clientlog;
+mod interleave;
 mod server;
 mod timekeeping;
 mod workers;
@@ -13,7 +14,7 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::socket::{TimestampingFlag, setsockopt, sockopt};
 use strata_process::child::{self, Outbox, Service, Violation, decode_peer};
 use strata_proto::ipc::{
     AdjusterToEngine, ControlToEngine, EngineStatus, EngineToAdjuster, EngineToControl, RefclockToEngine, Resource,
@@ -62,8 +63,15 @@ impl Service for Engine {
         }
         let shared = Shared::new(serving, &settings, time, sockets.len())?;
         for (index, (local, thread, fd)) in sockets.into_iter().enumerate() {
-            // The kernel's receive time of each request is its T2.
-            setsockopt(&fd, sockopt::ReceiveTimestampns, &true).map_err(|e| format!("{local}: SO_TIMESTAMPNS: {e}"))?;
+            // The kernel's receive time of each request is its T2; its transmit
+            // time of each answer, numbered (OPT_ID) and without the payload
+            // (OPT_TSONLY), comes back on the error queue for interleaved mode.
+            let stamping = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
+                | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
+                | TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
+                | TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
+                | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
+            setsockopt(&fd, sockopt::Timestamping, &stamping).map_err(|e| format!("{local}: SO_TIMESTAMPING: {e}"))?;
             workers::spawn(index, UdpSocket::from(fd), Arc::clone(&shared))
                 .map_err(|e| format!("{local}: serving thread: {e}"))?;
             info!(%local, thread, "serving NTP");

@@ -13,6 +13,7 @@
 
 use std::fmt;
 
+use crate::interleave;
 use strata_proto::ntp::{HEADER_LEN, Header, LeapIndicator, Mode, NtpShort, NtpTimestamp, Packet, ParseError};
 pub use strata_sync::serving::ServerState;
 
@@ -47,8 +48,21 @@ impl From<ParseError> for Drop {
     }
 }
 
-/// Answer one request into `out`, returning the length of the reply (always 48: the
-/// reply carries no extension field and no MAC).
+/// What [`respond`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Always 48: the reply carries no extension field and no MAC.
+    pub len: usize,
+    /// The reply is in interleaved mode: its transmit timestamp is the previous
+    /// answer's and must not be re-stamped.
+    pub interleaved: bool,
+    /// The request asked for interleaved mode: the caller saves this receive
+    /// timestamp (as the reply carries it) with the reply's transmit time, for the
+    /// client's next request.
+    pub save_receive: Option<NtpTimestamp>,
+}
+
+/// Answer one request into `out`.
 ///
 /// `receive_ts` is when the request arrived (T2), `transmit_ts` the time to stamp as
 /// sent (T3); both come from the caller, the best it has (kernel timestamps). The
@@ -56,13 +70,20 @@ impl From<ParseError> for Drop {
 /// into the origin (RFC 5905 §8), which is what lets the client match the reply and
 /// reject a forgery. Extension fields of the request are ignored (RFC 7822 §3 allows
 /// it); NTS is not served yet.
+///
+/// Interleaved mode (RFC 9769, [`crate::interleave`]): the receive timestamp goes
+/// out with its lowest bit set, the transmit timestamp with it cleared. A request
+/// built from one of our receive timestamps is looked up with `previous_tx`; when
+/// that answer's transmit time is known, the reply carries it as its transmit
+/// timestamp and the request's receive timestamp as its origin.
 pub fn respond(
     request: &[u8],
     receive_ts: NtpTimestamp,
     transmit_ts: NtpTimestamp,
     state: &ServerState,
+    previous_tx: impl FnOnce(NtpTimestamp) -> Option<NtpTimestamp>,
     out: &mut [u8; HEADER_LEN],
-) -> Result<usize, Drop> {
+) -> Result<Answer, Drop> {
     let packet = Packet::parse(request)?;
     let request = packet.header;
     if request.mode != Mode::Client {
@@ -79,6 +100,9 @@ pub fn respond(
     } else {
         state.reference_time
     };
+    let asked = interleave::interleaved_origin(&request);
+    let previous = asked.and_then(previous_tx).filter(|tx| !tx.is_zero());
+    let receive_ts_sent = interleave::mark_receive(receive_ts);
     let reply = Header {
         leap: state.leap,
         version: request.version,
@@ -92,12 +116,12 @@ pub fn respond(
         root_dispersion: NtpShort::from_seconds(state.root_dispersion_s),
         reference_id: state.reference_id,
         reference_ts,
-        origin_ts: request.transmit_ts,
-        receive_ts,
-        transmit_ts,
+        origin_ts: if previous.is_some() { request.receive_ts } else { request.transmit_ts },
+        receive_ts: receive_ts_sent,
+        transmit_ts: previous.unwrap_or(interleave::mark_transmit(transmit_ts)),
     };
     reply.serialize(out);
-    Ok(HEADER_LEN)
+    Ok(Answer { len: HEADER_LEN, interleaved: previous.is_some(), save_receive: asked.map(|_| receive_ts_sent) })
 }
 
 /// Turn a reply into a RATE kiss-o'-death (RFC 5905 §7.4): leap 3, stratum 0,
@@ -114,7 +138,8 @@ mod tests {
     use strata_proto::ntp::ReferenceId;
 
     const T1: NtpTimestamp = NtpTimestamp::from_parts(0xe9b5_a2c1, 0x1234_5678);
-    const T2: NtpTimestamp = NtpTimestamp::from_parts(0xe9b5_a2c1, 0x2000_0000);
+    /// As answers carry them: receive with the lowest bit set, transmit cleared.
+    const T2: NtpTimestamp = NtpTimestamp::from_parts(0xe9b5_a2c1, 0x2000_0001);
     const T3: NtpTimestamp = NtpTimestamp::from_parts(0xe9b5_a2c1, 0x2000_1000);
 
     fn request(version: u8, mode: Mode) -> Header {
@@ -155,8 +180,9 @@ mod tests {
 
     fn answer(request: &[u8], state: &ServerState) -> Result<Header, Drop> {
         let mut out = [0xaa; HEADER_LEN];
-        let n = respond(request, T2, T3, state, &mut out)?;
-        assert_eq!(n, HEADER_LEN);
+        let answer = respond(request, T2, T3, state, |_| None, &mut out)?;
+        assert_eq!(answer.len, HEADER_LEN);
+        assert!(!answer.interleaved);
         let reply = Packet::parse(&out).expect("a reply parses");
         assert_eq!(reply.mac, None);
         assert_eq!(reply.extension_fields().count(), 0);
@@ -213,7 +239,7 @@ mod tests {
             Mode::Private,
         ] {
             let mut out = [0xaa; HEADER_LEN];
-            let got = respond(&bytes(&request(4, mode)), T2, T3, &primary(), &mut out);
+            let got = respond(&bytes(&request(4, mode)), T2, T3, &primary(), |_| None, &mut out);
             assert_eq!(got, Err(Drop::NotAClientRequest(mode)));
             assert_eq!(out, [0xaa; HEADER_LEN], "nothing written for a drop");
         }
@@ -222,9 +248,9 @@ mod tests {
     #[test]
     fn never_answers_its_own_reply() {
         let mut out = [0u8; HEADER_LEN];
-        respond(&bytes(&request(4, Mode::Client)), T2, T3, &primary(), &mut out).unwrap();
+        respond(&bytes(&request(4, Mode::Client)), T2, T3, &primary(), |_| None, &mut out).unwrap();
         let mut again = [0u8; HEADER_LEN];
-        assert_eq!(respond(&out, T2, T3, &primary(), &mut again), Err(Drop::NotAClientRequest(Mode::Server)));
+        assert_eq!(respond(&out, T2, T3, &primary(), |_| None, &mut again), Err(Drop::NotAClientRequest(Mode::Server)));
     }
 
     #[test]
@@ -289,7 +315,8 @@ mod tests {
     fn reference_time_one_second_back_wraps_at_the_era_boundary() {
         let mut out = [0u8; HEADER_LEN];
         let receive = NtpTimestamp::from_parts(0, 0x4000_0000);
-        respond(&bytes(&request(4, Mode::Client)), receive, receive, &ServerState::local(5), &mut out).unwrap();
+        respond(&bytes(&request(4, Mode::Client)), receive, receive, &ServerState::local(5), |_| None, &mut out)
+            .unwrap();
         let reply = Header::from_bytes(&out);
         assert_eq!(reply.reference_ts, NtpTimestamp::from_parts(u32::MAX, 0x4000_0000));
     }
@@ -319,9 +346,56 @@ mod tests {
         let req = bytes(&request(4, Mode::Client));
         let mut a = [0x00; HEADER_LEN];
         let mut b = [0xff; HEADER_LEN];
-        respond(&req, T2, T3, &primary(), &mut a).unwrap();
-        respond(&req, T2, T3, &primary(), &mut b).unwrap();
+        respond(&req, T2, T3, &primary(), |_| None, &mut a).unwrap();
+        respond(&req, T2, T3, &primary(), |_| None, &mut b).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_interleaved_request_gets_the_previous_answers_transmit_time() {
+        let previous_rx = interleave::mark_receive(NtpTimestamp::from_parts(0xe9b5_a2c0, 0x0000_0001));
+        let previous_tx = NtpTimestamp::from_parts(0xe9b5_a2c0, 0x0000_4000);
+        let client_rx = NtpTimestamp::from_parts(0xe9b5_a2c0, 0x0001_0000);
+        let mut req = request(4, Mode::Client);
+        (req.origin_ts, req.receive_ts) = (previous_rx, client_rx);
+        let mut out = [0u8; HEADER_LEN];
+        let mut asked_for = None;
+        let got = respond(
+            &bytes(&req),
+            T2,
+            T3,
+            &primary(),
+            |rx| {
+                asked_for = Some(rx);
+                Some(previous_tx)
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(asked_for, Some(previous_rx));
+        assert_eq!(got, Answer { len: HEADER_LEN, interleaved: true, save_receive: Some(T2) });
+        let reply = Header::from_bytes(&out);
+        assert_eq!((reply.origin_ts, reply.receive_ts, reply.transmit_ts), (client_rx, T2, previous_tx));
+
+        // Not found (the first interleaved request, or a replay): a basic answer,
+        // and its receive timestamp is still saved for the next request.
+        let got = respond(&bytes(&req), T2, T3, &primary(), |_| None, &mut out).unwrap();
+        assert_eq!(got, Answer { len: HEADER_LEN, interleaved: false, save_receive: Some(T2) });
+        let reply = Header::from_bytes(&out);
+        assert_eq!((reply.origin_ts, reply.transmit_ts), (req.transmit_ts, T3));
+    }
+
+    #[test]
+    fn a_basic_request_is_never_looked_up_and_costs_no_state() {
+        let mut out = [0u8; HEADER_LEN];
+        let got = respond(&bytes(&request(4, Mode::Client)), T2, T3, &primary(), |_| panic!("looked up"), &mut out);
+        assert_eq!(got.unwrap().save_receive, None);
+        // The marks: receive odd, transmit even, whatever the clock read.
+        let even = NtpTimestamp::from_parts(1, 2);
+        let odd = NtpTimestamp::from_parts(1, 3);
+        respond(&bytes(&request(4, Mode::Client)), even, odd, &primary(), |_| None, &mut out).unwrap();
+        let reply = Header::from_bytes(&out);
+        assert_eq!((reply.receive_ts, reply.transmit_ts), (odd, even));
     }
 
     #[test]

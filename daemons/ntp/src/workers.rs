@@ -1,9 +1,12 @@
 //! The serving threads. Each owns one SO_REUSEPORT socket and answers in
 //! batches: a blocking `recvmmsg` (MSG_WAITFORONE: wake for the first request,
 //! take all that are queued) → [`server::respond`] → `sendmmsg`. T2 is the
-//! kernel's receive timestamp (SO_TIMESTAMPNS), T3 one clock read just before
-//! `sendmmsg`. Buffers are allocated once per thread; nothing is allocated per
-//! packet.
+//! kernel's receive timestamp (SO_TIMESTAMPING, software), T3 one clock read just
+//! before `sendmmsg`. The kernel's transmit timestamp of each answer to an
+//! interleaved request is read back from the socket's error queue after the send
+//! (OPT_ID numbers the datagrams, OPT_TSONLY leaves the payload out) and handed to
+//! the client in its next exchange ([`crate::interleave`]). Buffers are allocated
+//! once per thread; nothing is allocated per packet.
 //!
 //! The threads are started before the sandbox (so that seccomp's TSYNC covers
 //! them) but read nothing until [`Shared::release`] is called after it.
@@ -18,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, recvmsg, sendmmsg,
 };
 use nix::sys::time::TimeSpec;
 use strata_proto::access::AccessList;
@@ -27,11 +30,24 @@ use strata_proto::ntp::{HEADER_LEN, NtpTimestamp};
 use tracing::warn;
 
 use crate::clientlog::{ClientLog, RateLimit, Verdict};
+use crate::interleave::{self, TimestampSource, TxTimestamps};
 use crate::server::{self, ServerState};
 
 /// The client log is split in shards by address, each behind its own lock, so that
 /// the serving threads rarely wait for each other.
 const CLIENT_LOG_SHARDS: usize = 16;
+
+/// The interleaved-mode map is cut in shards too, by receive timestamp: a client's
+/// next request may reach another thread (a new source port, another socket).
+const TX_TIMESTAMP_SHARDS: usize = 16;
+
+/// The client log's memory limit (clientloglimit) covers the interleaved-mode map
+/// too: it takes a quarter.
+const TX_TIMESTAMPS_SHARE: usize = 4;
+
+/// Answers to interleaved requests whose kernel transmit timestamp is still awaited,
+/// per thread; older ones are given up.
+const PENDING_TX: usize = 4 * BATCH;
 
 /// Requests taken from the kernel per `recvmmsg`.
 const BATCH: usize = 32;
@@ -50,6 +66,7 @@ pub struct Shared {
     /// (`stratactl allow/deny`), in order; the main thread replaces the list.
     access: RwLock<(Vec<String>, AccessList)>,
     clients: Box<[Mutex<ClientLog>]>,
+    tx_timestamps: Box<[Mutex<TxTimestamps>]>,
     /// Picks a client's shard; random per process.
     shard_hasher: std::collections::hash_map::RandomState,
     /// The client log's clock: monotonic, so rate limits ignore clock steps.
@@ -70,6 +87,9 @@ struct Counters {
     rate_limited: AtomicU64,
     kod_sent: AtomicU64,
     send_failed: AtomicU64,
+    rx_kernel: AtomicU64,
+    tx_kernel: AtomicU64,
+    interleaved: AtomicU64,
 }
 
 impl Shared {
@@ -86,16 +106,20 @@ impl Shared {
             leak_log2: r.leak_log2,
             kod_log2: r.kod_log2,
         });
-        let shard_bytes = usize::try_from(settings.client_log_limit_bytes).unwrap_or(usize::MAX) / CLIENT_LOG_SHARDS;
+        let limit_bytes = usize::try_from(settings.client_log_limit_bytes).unwrap_or(usize::MAX);
+        let shard_bytes = (limit_bytes - limit_bytes / TX_TIMESTAMPS_SHARE) / CLIENT_LOG_SHARDS;
         let shard_hasher = std::collections::hash_map::RandomState::new();
         let clients = (0..CLIENT_LOG_SHARDS)
             .map(|i| Mutex::new(ClientLog::new(shard_bytes, limit, shard_hasher.hash_one(i))))
             .collect();
+        let tx_entries = limit_bytes / TX_TIMESTAMPS_SHARE / interleave::ENTRY_BYTES / TX_TIMESTAMP_SHARDS;
+        let tx_timestamps = (0..TX_TIMESTAMP_SHARDS).map(|_| Mutex::new(TxTimestamps::new(tx_entries))).collect();
         Ok(Arc::new(Shared {
             serving: RwLock::new(serving),
             time,
             access: RwLock::new((settings.access.clone(), access)),
             clients,
+            tx_timestamps,
             shard_hasher,
             started: Instant::now(),
             counters: (0..threads).map(|_| Counters::default()).collect(),
@@ -117,6 +141,11 @@ impl Shared {
         let list = AccessList::parse(&rules).map_err(|e| e.to_string())?;
         *access = (rules, list);
         Ok(())
+    }
+
+    fn tx_timestamps(&self, receive: NtpTimestamp) -> std::sync::MutexGuard<'_, TxTimestamps> {
+        let shard = (self.shard_hasher.hash_one(receive.to_bits()) % TX_TIMESTAMP_SHARDS as u64) as usize;
+        self.tx_timestamps[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn client_log(&self, client: IpAddr) -> &Mutex<ClientLog> {
@@ -143,12 +172,16 @@ impl Shared {
         all
     }
 
-    /// Clients in the log and the bytes the log holds, over all shards.
+    /// Clients in the log and the bytes the log holds, over all shards, with the
+    /// interleaved-mode map's.
     pub fn client_log_size(&self) -> (u64, u64) {
-        self.clients.iter().fold((0, 0), |(n, bytes), shard| {
+        let (n, bytes) = self.clients.iter().fold((0, 0), |(n, bytes), shard| {
             let log = shard.lock().unwrap_or_else(|e| e.into_inner());
             (n + log.len() as u64, bytes + log.memory_bytes() as u64)
-        })
+        });
+        let map_bytes: usize =
+            self.tx_timestamps.iter().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).memory_bytes()).sum();
+        (n, bytes + map_bytes as u64)
     }
 
     /// Let the threads read from the network: called once the sandbox is in place.
@@ -178,7 +211,12 @@ impl Shared {
             s.rate_limited += c.rate_limited.load(Ordering::Relaxed);
             s.kod_sent += c.kod_sent.load(Ordering::Relaxed);
             s.send_failed += c.send_failed.load(Ordering::Relaxed);
+            s.rx_kernel += c.rx_kernel.load(Ordering::Relaxed);
+            s.tx_kernel += c.tx_kernel.load(Ordering::Relaxed);
+            s.interleaved += c.interleaved.load(Ordering::Relaxed);
         }
+        s.tx_timestamps_held =
+            self.tx_timestamps.iter().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len() as u64).sum();
         s
     }
 }
@@ -256,7 +294,7 @@ pub fn spawn(index: usize, socket: UdpSocket, shared: Arc<Shared>) -> std::io::R
 struct Received {
     len: usize,
     client: Option<SockaddrStorage>,
-    /// The kernel's receive time (SO_TIMESTAMPNS), system clock, ns.
+    /// The kernel's receive time (SO_TIMESTAMPING's software one), system clock, ns.
     kernel_time: Option<i64>,
     /// Longer than the buffer: not a request we answer.
     truncated: bool,
@@ -271,6 +309,15 @@ struct Worker {
     received: Box<[Received; BATCH]>,
     /// Per reply: destination.
     destinations: Box<[Option<SockaddrStorage>; BATCH]>,
+    /// Per reply: the receive timestamp to save its transmit time under (an answer
+    /// to an interleaved request), and whether it is interleaved (not re-stamped).
+    saves: Box<[(Option<NtpTimestamp>, bool); BATCH]>,
+    /// The OPT_ID the kernel gives the next datagram sent on this socket.
+    next_tx_id: u32,
+    /// (OPT_ID, receive timestamp saved) of answers awaiting their kernel timestamp.
+    pending_tx: std::collections::VecDeque<(u32, NtpTimestamp)>,
+    /// For the error queue's messages: the timestamps and the extended error.
+    errqueue_cmsgs: Vec<u8>,
     recv_headers: MultiHeaders<SockaddrStorage>,
     send_headers: MultiHeaders<SockaddrStorage>,
     /// xorshift state for the rate limiter's leak and kiss-o'-death draws. Not
@@ -290,7 +337,11 @@ impl Worker {
             replies: Box::new([[0; HEADER_LEN]; BATCH]),
             received: Box::new([Received::default(); BATCH]),
             destinations: Box::new([None; BATCH]),
-            recv_headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec))),
+            saves: Box::new([(None, false); BATCH]),
+            next_tx_id: 0,
+            pending_tx: std::collections::VecDeque::with_capacity(PENDING_TX),
+            errqueue_cmsgs: nix::cmsg_space!([TimeSpec; 3], nix::libc::sock_extended_err, nix::libc::sockaddr_in6),
+            recv_headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!([TimeSpec; 3]))),
             send_headers: MultiHeaders::preallocate(BATCH, None),
             random: std::collections::hash_map::RandomState::new().hash_one(index) | 1,
         }
@@ -314,7 +365,7 @@ impl Worker {
                     for (slot, msg) in self.received.iter_mut().zip(results) {
                         let kernel_time = msg.cmsgs().ok().and_then(|mut c| {
                             c.find_map(|m| match m {
-                                ControlMessageOwned::ScmTimestampns(ts) => Some(timestamp_ns(&ts)),
+                                ControlMessageOwned::ScmTimestampsns(ts) => Some(timestamp_ns(&ts.system)),
                                 _ => None,
                             })
                         });
@@ -341,6 +392,8 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters[self.index];
         counters.received.fetch_add(count as u64, Ordering::Relaxed);
+        let kernel_stamped = self.received[..count].iter().filter(|r| r.kernel_time.is_some()).count();
+        counters.rx_kernel.fetch_add(kernel_stamped as u64, Ordering::Relaxed);
         let state = self.shared.serving.read().unwrap_or_else(|e| e.into_inner()).clone();
         let access = shared.access.read().unwrap_or_else(|e| e.into_inner());
         let system_now = system_now_ns();
@@ -368,8 +421,9 @@ impl Worker {
             let reply = &mut self.replies[replies];
             // T3 is stamped over the batch just before sending (below).
             let t2 = t2.map_or(fallback_t2, |ns| shifted(ns, clock_offset_s));
-            match server::respond(&self.requests[i][..len], t2, fallback_t2, &state, reply) {
-                Ok(_) => {
+            let previous_tx = |rx| self.shared.tx_timestamps(rx).take(rx).map(|(tx, _)| tx);
+            match server::respond(&self.requests[i][..len], t2, fallback_t2, &state, previous_tx, reply) {
+                Ok(answer) => {
                     let random = self.next_random();
                     let verdict = self
                         .shared
@@ -378,7 +432,7 @@ impl Worker {
                         .unwrap_or_else(|e| e.into_inner())
                         .on_request(ip, now_ns, random);
                     match verdict {
-                        Verdict::Answer => {}
+                        Verdict::Answer => self.saves[replies] = (answer.save_receive, answer.interleaved),
                         Verdict::Drop => {
                             counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                             continue;
@@ -386,6 +440,7 @@ impl Worker {
                         Verdict::Kod => {
                             counters.rate_limited.fetch_add(1, Ordering::Relaxed);
                             server::make_rate_kiss(&mut self.replies[replies]);
+                            self.saves[replies] = (None, false);
                             kods += 1;
                         }
                     }
@@ -401,9 +456,15 @@ impl Worker {
             }
         }
         if replies > 0 {
-            let t3 = shifted(system_now_ns(), clock_offset_s).to_bits().to_be_bytes();
-            for reply in &mut self.replies[..replies] {
-                reply[40..48].copy_from_slice(&t3);
+            let t3 = interleave::mark_transmit(shifted(system_now_ns(), clock_offset_s));
+            for (reply, (save, interleaved)) in self.replies[..replies].iter_mut().zip(self.saves.iter()) {
+                if !interleaved {
+                    reply[40..48].copy_from_slice(&t3.to_bits().to_be_bytes());
+                }
+                if let Some(receive) = save {
+                    // The daemon's time until the kernel's arrives.
+                    self.shared.tx_timestamps(*receive).save(*receive, t3, TimestampSource::Daemon);
+                }
             }
             let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| [IoSlice::new(&self.replies[k])]);
             let no_cmsgs: [ControlMessage<'_>; 0] = [];
@@ -417,6 +478,17 @@ impl Worker {
             ) {
                 Ok(results) => {
                     let sent = results.count();
+                    for (k, (save, _)) in self.saves[..sent].iter().enumerate() {
+                        if let Some(receive) = save {
+                            if self.pending_tx.len() == PENDING_TX {
+                                self.pending_tx.pop_front();
+                            }
+                            self.pending_tx.push_back((self.next_tx_id.wrapping_add(k as u32), *receive));
+                        }
+                    }
+                    self.next_tx_id = self.next_tx_id.wrapping_add(sent as u32);
+                    let interleaved = self.saves[..sent].iter().filter(|(_, interleaved)| *interleaved).count();
+                    counters.interleaved.fetch_add(interleaved as u64, Ordering::Relaxed);
                     counters.kod_sent.fetch_add(kods.min(sent) as u64, Ordering::Relaxed);
                     counters.answered.fetch_add(sent.saturating_sub(kods) as u64, Ordering::Relaxed);
                     counters.send_failed.fetch_add((replies - sent) as u64, Ordering::Relaxed);
@@ -424,6 +496,48 @@ impl Worker {
                 Err(e) => {
                     counters.send_failed.fetch_add(replies as u64, Ordering::Relaxed);
                     warn!(thread = self.index, "sendmmsg: {e}");
+                }
+            }
+        }
+        self.read_tx_timestamps(clock_offset_s);
+    }
+
+    /// Read the kernel's transmit timestamps queued on the socket (every datagram
+    /// sent has one; those of answers to interleaved requests go into the map).
+    fn read_tx_timestamps(&mut self, clock_offset_s: f64) {
+        let fd = self.socket.as_raw_fd();
+        let counters = &self.shared.counters[self.index];
+        loop {
+            let mut nothing = [0u8; 1];
+            let mut iov = [IoSliceMut::new(&mut nothing)];
+            let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+            let Ok(msg) = recvmsg::<()>(fd, &mut iov, Some(&mut self.errqueue_cmsgs), flags) else {
+                return; // EAGAIN: the queue is empty.
+            };
+            let (mut sent_ns, mut id) = (None, None);
+            for cmsg in msg.cmsgs().into_iter().flatten() {
+                match cmsg {
+                    ControlMessageOwned::ScmTimestampsns(ts) => sent_ns = Some(timestamp_ns(&ts.system)),
+                    ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _)
+                        if e.ee_origin == nix::libc::SO_EE_ORIGIN_TIMESTAMPING =>
+                    {
+                        id = Some(e.ee_data)
+                    }
+                    _ => {}
+                }
+            }
+            let (Some(sent_ns), Some(id)) = (sent_ns, id) else { continue };
+            counters.tx_kernel.fetch_add(1, Ordering::Relaxed);
+            // Ids come back in sending order; an answer whose timestamp never came is given up.
+            while let Some(&(pending, receive)) = self.pending_tx.front() {
+                if pending.wrapping_sub(id) as i32 > 0 {
+                    break;
+                }
+                self.pending_tx.pop_front();
+                if pending == id {
+                    let sent = interleave::mark_transmit(shifted(sent_ns, clock_offset_s));
+                    self.shared.tx_timestamps(receive).update(receive, sent, TimestampSource::Kernel);
+                    break;
                 }
             }
         }
