@@ -590,6 +590,10 @@ mod tests {
                     send_failed: 0,
                     clients_logged: 17,
                     client_log_bytes: 4096,
+                    rx_kernel: 998,
+                    tx_kernel: 990,
+                    interleaved: 40,
+                    tx_timestamps_held: 12,
                 },
                 processes: vec![
                     v1::Process {
@@ -708,6 +712,10 @@ mod tests {
                 "strata_ntp_send_failures_total 0",
                 "strata_ntp_clients_logged 17",
                 "strata_ntp_client_log_bytes 4096",
+                "strata_ntp_rx_kernel_timestamps_total 998",
+                "strata_ntp_tx_kernel_timestamps_total 990",
+                "strata_ntp_interleaved_responses_total 40",
+                "strata_ntp_tx_timestamps_held 12",
                 r#"strata_process_up{process="ntp"} 1"#,
                 r#"strata_process_up{process="refclock"} 0"#,
                 r#"strata_process_restarts_total{process="refclock"} 2"#,
