@@ -9,8 +9,10 @@
 //! request whose origin has the bit set was built from one of our receive
 //! timestamps. Entries are saved only for requests that look interleaved (a basic
 //! client never costs memory) and taken once (a replayed request gets a basic
-//! answer). The map is a fixed table allocated at start, two entries per bucket, the
-//! older one overwritten: spoofed requests can evict entries but never grow it.
+//! answer). The map is a fixed table allocated at start, each key in one of two
+//! buckets of [`WAYS`] entries, the oldest of the sixteen overwritten (close to
+//! chrony's ring of the newest answers, without its sorting): spoofed requests can
+//! evict entries but never grow it.
 
 use std::hash::BuildHasher;
 
@@ -24,6 +26,11 @@ pub enum TimestampSource {
     /// The kernel's software timestamp, as the packet left (SOF_TIMESTAMPING_TX_SOFTWARE).
     Kernel,
 }
+
+/// Entries per bucket. With one bucket of two, 0.15 % of ntpperf's interleaved
+/// clients at 1000/s got basic answers from a table 2 % full; with one of eight, 2 %
+/// at 42 % full.
+pub const WAYS: usize = 8;
 
 /// Bytes one saved answer costs.
 pub const ENTRY_BYTES: usize = size_of::<Entry>();
@@ -72,25 +79,30 @@ pub struct TxTimestamps {
 
 impl TxTimestamps {
     /// A map of at most `capacity` answers (rounded down to a power of two, at least
-    /// 2); all its memory is allocated here.
+    /// [`WAYS`]); all its memory is allocated here.
     pub fn new(capacity: usize) -> TxTimestamps {
-        let buckets = 1 << (capacity / 2).max(1).ilog2();
+        let buckets = 1 << (capacity / WAYS).max(1).ilog2();
         TxTimestamps {
-            entries: vec![FREE; 2 * buckets].into_boxed_slice(),
+            entries: vec![FREE; WAYS * buckets].into_boxed_slice(),
             mask: buckets as u64 - 1,
             saves: 0,
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
-    fn bucket(&mut self, receive: NtpTimestamp) -> &mut [Entry] {
-        let b = (self.hasher.hash_one(receive.to_bits()) & self.mask) as usize;
-        &mut self.entries[2 * b..2 * b + 2]
+    /// The entries of the key's two buckets (two choices: the table fills to near
+    /// its capacity before a bucket overflows).
+    fn candidates(&self, receive: NtpTimestamp) -> impl Iterator<Item = usize> + use<> {
+        let hash = self.hasher.hash_one(receive.to_bits());
+        let (b1, b2) = ((hash & self.mask) as usize, ((hash >> 32) & self.mask) as usize);
+        let second = if b2 == b1 { 0..0 } else { WAYS * b2..WAYS * (b2 + 1) };
+        (WAYS * b1..WAYS * (b1 + 1)).chain(second)
     }
 
     fn find(&mut self, receive: NtpTimestamp) -> Option<&mut Entry> {
         let key = receive.to_bits();
-        self.bucket(receive).iter_mut().find(|e| e.receive == key && key != 0)
+        let at = self.candidates(receive).find(|&i| self.entries[i].receive == key && key != 0)?;
+        Some(&mut self.entries[at])
     }
 
     /// Remember that the answer that carried `receive` (marked) was sent at `transmit`.
@@ -98,12 +110,12 @@ impl TxTimestamps {
         self.saves += 1;
         let saved = self.saves;
         let key = receive.to_bits();
-        let bucket = self.bucket(receive);
-        let slot = match bucket.iter().position(|e| e.receive == key) {
+        let slot = match self.candidates(receive).find(|&i| self.entries[i].receive == key) {
             Some(same) => same,
-            None => usize::from(bucket[1].saved < bucket[0].saved),
+            // Free entries were saved at 0: the oldest.
+            None => self.candidates(receive).min_by_key(|&i| self.entries[i].saved).unwrap_or(0),
         };
-        bucket[slot] = Entry { receive: key, transmit, source, saved };
+        self.entries[slot] = Entry { receive: key, transmit, source, saved };
     }
 
     /// A better transmit time for an answer still in the map (the kernel's, read
@@ -210,6 +222,6 @@ mod tests {
             .filter(|i| i % 3 != 0)
             .filter(|&i| map.take(mark_receive(ts(i << 1))).is_some())
             .count();
-        assert!(kept > 400, "{kept} of the last 666 answers kept");
+        assert!(kept > 600, "{kept} of the last 666 answers kept");
     }
 }

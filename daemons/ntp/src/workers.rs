@@ -42,8 +42,9 @@ const CLIENT_LOG_SHARDS: usize = 16;
 const TX_TIMESTAMP_SHARDS: usize = 16;
 
 /// The client log's memory limit (clientloglimit) covers the interleaved-mode map
-/// too: it takes a quarter.
-const TX_TIMESTAMPS_SHARE: usize = 4;
+/// too: it takes half, 8192 answers at the default 512 KiB (chrony keeps as many
+/// answers as clients, 4096 of each at its default).
+const TX_TIMESTAMPS_SHARE: usize = 2;
 
 /// Answers to interleaved requests whose kernel transmit timestamp is still awaited,
 /// per thread; older ones are given up.

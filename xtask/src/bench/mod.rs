@@ -2,6 +2,7 @@
 //! (and ntpd-rs, when it is installed), one server at a time, one table.
 
 mod load;
+mod ntpperf;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -112,6 +113,7 @@ pub fn main(args: &[String]) -> Result {
     }
     match args.first().map(String::as_str) {
         Some("server") => server(&parse(&args[1..])?),
+        Some("ntpperf") => ntpperf::main(&args[1..]),
         _ => Err(USAGE.into()),
     }
 }
@@ -167,6 +169,9 @@ impl Drop for Scratch {
 struct Netns {
     server_ns: String,
     client_ns: String,
+    /// The veth pair's ends.
+    server_dev: String,
+    client_dev: String,
 }
 
 const NETNS_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
@@ -178,19 +183,24 @@ impl Netns {
             return Err("--netns needs the `ip` command (Debian package iproute2)".into());
         }
         let id = std::process::id();
-        let ns = Netns { server_ns: format!("strata-bench-s{id}"), client_ns: format!("strata-bench-c{id}") };
+        let ns = Netns {
+            server_ns: format!("strata-bench-s{id}"),
+            client_ns: format!("strata-bench-c{id}"),
+            server_dev: format!("sbs{id}"),
+            client_dev: format!("sbc{id}"),
+        };
         let (s, c) = (ns.server_ns.as_str(), ns.client_ns.as_str());
-        let (sv, cv) = (format!("sbs{id}"), format!("sbc{id}"));
+        let (sv, cv) = (ns.server_dev.as_str(), ns.client_dev.as_str());
         let server_ip = format!("{NETNS_SERVER_IP}/24");
         let client_ip = format!("{NETNS_CLIENT_IP}/24");
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", s],
             vec!["netns", "add", c],
-            vec!["-n", s, "link", "add", &sv, "type", "veth", "peer", "name", &cv, "netns", c],
-            vec!["-n", s, "addr", "add", &server_ip, "dev", &sv],
-            vec!["-n", c, "addr", "add", &client_ip, "dev", &cv],
-            vec!["-n", s, "link", "set", &sv, "up"],
-            vec!["-n", c, "link", "set", &cv, "up"],
+            vec!["-n", s, "link", "add", sv, "type", "veth", "peer", "name", cv, "netns", c],
+            vec!["-n", s, "addr", "add", &server_ip, "dev", sv],
+            vec!["-n", c, "addr", "add", &client_ip, "dev", cv],
+            vec!["-n", s, "link", "set", sv, "up"],
+            vec!["-n", c, "link", "set", cv, "up"],
             vec!["-n", s, "link", "set", "lo", "up"],
             vec!["-n", c, "link", "set", "lo", "up"],
         ];
@@ -222,6 +232,15 @@ impl Drop for Netns {
 struct Path2 {
     server_ip: Ipv4Addr,
     client_ip: Ipv4Addr,
+}
+
+/// A server's port: `fixed` in the namespaces (nothing else binds there), any free
+/// one on loopback.
+fn bench_port(netns: Option<&Netns>, fixed: u16, ip: Ipv4Addr) -> Result<u16> {
+    match netns {
+        Some(_) => Ok(fixed),
+        None => free_udp_port(ip),
+    }
 }
 
 fn free_udp_port(ip: Ipv4Addr) -> Result<u16> {
@@ -311,11 +330,14 @@ thread_local! {
     static ORIGINAL_NS: std::cell::RefCell<Option<std::fs::File>> = const { std::cell::RefCell::new(None) };
 }
 
-fn start_strata(bin_dir: &Path, dir: &Path, ip: Ipv4Addr, netns: Option<&Netns>, probe: Ipv4Addr) -> Result<Server> {
-    let port = match netns {
-        Some(_) => 11123,
-        None => free_udp_port(ip)?,
-    };
+fn start_strata(
+    bin_dir: &Path,
+    dir: &Path,
+    ip: Ipv4Addr,
+    port: u16,
+    netns: Option<&Netns>,
+    probe: Ipv4Addr,
+) -> Result<Server> {
     let config = dir.join("strata.toml");
     // The shape of tests/src/appliance.rs; every engine setting not named here (the
     // number of serving threads among them) keeps its default. No client is answered
@@ -339,11 +361,7 @@ fn start_strata(bin_dir: &Path, dir: &Path, ip: Ipv4Addr, netns: Option<&Netns>,
     start("strata", command, dir, SocketAddrV4::new(ip, port), netns, probe)
 }
 
-fn start_chronyd(dir: &Path, ip: Ipv4Addr, netns: Option<&Netns>, probe: Ipv4Addr) -> Result<Server> {
-    let port = match netns {
-        Some(_) => 11124,
-        None => free_udp_port(ip)?,
-    };
+fn start_chronyd(dir: &Path, ip: Ipv4Addr, port: u16, netns: Option<&Netns>, probe: Ipv4Addr) -> Result<Server> {
     let chrony = dir.join("chrony");
     std::fs::create_dir_all(&chrony).map_err(|e| e.to_string())?;
     // chronyd drops root for its own user (_chrony on Debian), which then writes here.
@@ -368,11 +386,14 @@ fn ntpd_rs_binary() -> Option<&'static str> {
     ["ntp-daemon", "ntpd-rs"].into_iter().find(|b| have(b))
 }
 
-fn start_ntpd_rs(binary: &str, dir: &Path, ip: Ipv4Addr, netns: Option<&Netns>, probe: Ipv4Addr) -> Result<Server> {
-    let port = match netns {
-        Some(_) => 11125,
-        None => free_udp_port(ip)?,
-    };
+fn start_ntpd_rs(
+    binary: &str,
+    dir: &Path,
+    ip: Ipv4Addr,
+    port: u16,
+    netns: Option<&Netns>,
+    probe: Ipv4Addr,
+) -> Result<Server> {
     let config = dir.join("ntpd-rs.toml");
     // No source configured: ntpd-rs has nothing to steer the clock by, and serves as
     // local stratum 1.
@@ -540,12 +561,19 @@ fn server(o: &Options) -> Result {
     eprintln!("bench: {generator_line}");
 
     let mut servers = vec![
-        start_strata(&bin_dir, &scratch.0, path.server_ip, ns, path.client_ip)?,
-        start_chronyd(&scratch.0, path.server_ip, ns, path.client_ip)?,
+        start_strata(&bin_dir, &scratch.0, path.server_ip, bench_port(ns, 11123, path.server_ip)?, ns, path.client_ip)?,
+        start_chronyd(&scratch.0, path.server_ip, bench_port(ns, 11124, path.server_ip)?, ns, path.client_ip)?,
     ];
     let ntpd_rs = ntpd_rs_binary();
     match ntpd_rs {
-        Some(binary) => servers.push(start_ntpd_rs(binary, &scratch.0, path.server_ip, ns, path.client_ip)?),
+        Some(binary) => servers.push(start_ntpd_rs(
+            binary,
+            &scratch.0,
+            path.server_ip,
+            bench_port(ns, 11125, path.server_ip)?,
+            ns,
+            path.client_ip,
+        )?),
         None => eprintln!("bench: ntpd-rs not found on PATH (ntp-daemon); not measured"),
     }
 
