@@ -54,8 +54,8 @@ fn unsupported_directive(directive: &str) -> &'static str {
         "rtcsync" => "strata does not turn on the kernel's RTC synchronisation (11-minute mode); the RTC is left alone",
         "rtcfile" | "rtcdevice" | "rtconutc" | "rtcautotrim" | "hwclockfile" => RTC,
         "hwtimestamp" => {
-            "strata takes receive timestamps from the kernel (SO_TIMESTAMPNS); NIC hardware timestamping is not \
-             supported"
+            "strata takes the kernel's software receive and transmit timestamps (SO_TIMESTAMPING); NIC hardware \
+             timestamping is not supported"
         }
         "keyfile" => "strata has no symmetric-key NTP authentication, so no key file",
         "ntsserverkey" | "ntsservercert" | "ntsport" | "ntsprocesses" | "maxntsconnections" | "ntsdumpdir"
@@ -99,7 +99,7 @@ fn unsupported_source_option(option: &str) -> Option<&'static str> {
     Some(match option {
         "burst" => "strata sends one request per poll",
         "offline" | "auto_offline" => "strata polls from the start and has no offline state",
-        "xleave" => "strata has no interleaved mode",
+        "xleave" => "strata answers interleaved requests but polls its upstreams in basic mode",
         "copy" => "strata does not copy the server's reference",
         "maxdelayratio" | "maxdelaydevratio" | "maxdelayquant" | "mindelay" => "strata's delay test is `maxdelay` only",
         "asymmetry" | "offset" => "strata assumes a symmetric path with no fixed offset",
