@@ -388,6 +388,8 @@ pub struct NtpSettings {
     pub ratelimit: Option<RateLimitSettings>,
     /// chrony's `clientloglimit`: memory for the per-client log, in bytes.
     pub client_log_limit_bytes: u64,
+    /// Read the kernel's transmit timestamps back (interleaved mode's precise T3).
+    pub kernel_tx_timestamps: bool,
     /// Upstream servers to poll.
     pub upstreams: Vec<UpstreamSettings>,
     /// chrony's `makestep threshold limit`.

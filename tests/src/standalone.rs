@@ -29,6 +29,7 @@ pub fn demo_settings(role: Role) -> Settings {
             access: vec!["allow 127.0.0.0/8".into()],
             ratelimit: None,
             client_log_limit_bytes: 524_288,
+            kernel_tx_timestamps: false,
             upstreams: Vec::new(),
             makestep: None,
             minsources: 1,

@@ -25,6 +25,7 @@ fn start(access: &[&str], ratelimit: Option<RateLimitSettings>, client_log_limit
         access: access.iter().map(|r| r.to_string()).collect(),
         ratelimit,
         client_log_limit_bytes,
+        kernel_tx_timestamps: true,
         ..demo
     });
     let resources = vec![(Resource::NtpSocket { local: address, thread: 0 }, OwnedFd::from(socket))];

@@ -732,6 +732,10 @@ pub struct ServerConfig {
     /// while a serving thread is off the CPU; the kernel's default (~200 KiB, a
     /// few hundred requests) overflows within a millisecond at 200k requests/s.
     pub receive_buffer: ReceiveBuffer,
+    /// Read the kernel's transmit timestamp of every answer back from the socket's
+    /// error queue, for interleaved mode (off: the daemon's clock read before the
+    /// send is the transmit time it hands out). On by default.
+    pub kernel_tx_timestamps: bool,
 }
 
 impl Default for ServerConfig {
@@ -744,6 +748,7 @@ impl Default for ServerConfig {
             ratelimit: None,
             client_log_limit: ClientLogLimit(524_288),
             receive_buffer: ReceiveBuffer(4 << 20),
+            kernel_tx_timestamps: true,
         }
     }
 }

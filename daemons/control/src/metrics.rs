@@ -385,9 +385,6 @@ fn encode_server(e: &mut DescriptorEncoder, s: &v1::ServerStatsReply) -> fmt::Re
         ),
         ("strata_ntp_kod_sent", "Kiss-o'-death packets sent to clients.", s.kod_sent),
         ("strata_ntp_send_failures", "Responses the kernel refused to send.", s.send_failed),
-        ("strata_ntp_rx_kernel_timestamps", "Requests stamped with the kernel's receive timestamp.", s.rx_kernel),
-        ("strata_ntp_tx_kernel_timestamps", "The kernel's transmit timestamps read back after sending.", s.tx_kernel),
-        ("strata_ntp_interleaved_responses", "Responses in interleaved mode (RFC 9769).", s.interleaved),
     ];
     for (name, help, value) in counters {
         single(e, name, help, ConstCounter::new(value))?;
@@ -403,12 +400,6 @@ fn encode_server(e: &mut DescriptorEncoder, s: &v1::ServerStatsReply) -> fmt::Re
         "strata_ntp_client_log_bytes",
         "Memory held by the client log in bytes, bounded by client-log-limit.",
         ConstGauge::new(s.client_log_bytes),
-    )?;
-    single(
-        e,
-        "strata_ntp_tx_timestamps_held",
-        "Transmit times kept for clients' next interleaved requests.",
-        ConstGauge::new(s.tx_timestamps_held),
     )
 }
 
@@ -590,10 +581,6 @@ mod tests {
                     send_failed: 0,
                     clients_logged: 17,
                     client_log_bytes: 4096,
-                    rx_kernel: 998,
-                    tx_kernel: 990,
-                    interleaved: 40,
-                    tx_timestamps_held: 12,
                 },
                 processes: vec![
                     v1::Process {
@@ -712,10 +699,6 @@ mod tests {
                 "strata_ntp_send_failures_total 0",
                 "strata_ntp_clients_logged 17",
                 "strata_ntp_client_log_bytes 4096",
-                "strata_ntp_rx_kernel_timestamps_total 998",
-                "strata_ntp_tx_kernel_timestamps_total 990",
-                "strata_ntp_interleaved_responses_total 40",
-                "strata_ntp_tx_timestamps_held 12",
                 r#"strata_process_up{process="ntp"} 1"#,
                 r#"strata_process_up{process="refclock"} 0"#,
                 r#"strata_process_restarts_total{process="refclock"} 2"#,

@@ -108,10 +108,6 @@ impl View {
             send_failed: s.send_failed,
             clients_logged: engine.clients_logged,
             client_log_bytes: engine.client_log_bytes,
-            rx_kernel: s.rx_kernel,
-            tx_kernel: s.tx_kernel,
-            interleaved: s.interleaved,
-            tx_timestamps_held: s.tx_timestamps_held,
         })
     }
 

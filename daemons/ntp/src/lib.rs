@@ -66,12 +66,18 @@ impl Service for Engine {
             // The kernel's receive time of each request is its T2; its transmit
             // time of each answer, numbered (OPT_ID) and without the payload
             // (OPT_TSONLY), comes back on the error queue for interleaved mode.
-            let stamping = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
-                | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
-                | TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
-                | TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
-                | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
-            setsockopt(&fd, sockopt::Timestamping, &stamping).map_err(|e| format!("{local}: SO_TIMESTAMPING: {e}"))?;
+            if settings.kernel_tx_timestamps {
+                let stamping = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
+                    | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
+                    | TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
+                    | TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
+                    | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
+                setsockopt(&fd, sockopt::Timestamping, &stamping)
+                    .map_err(|e| format!("{local}: SO_TIMESTAMPING: {e}"))?;
+            } else {
+                setsockopt(&fd, sockopt::ReceiveTimestampns, &true)
+                    .map_err(|e| format!("{local}: SO_TIMESTAMPNS: {e}"))?;
+            }
             workers::spawn(index, UdpSocket::from(fd), Arc::clone(&shared))
                 .map_err(|e| format!("{local}: serving thread: {e}"))?;
             info!(%local, thread, "serving NTP");

@@ -68,6 +68,8 @@ pub struct Shared {
     access: RwLock<(Vec<String>, AccessList)>,
     clients: Box<[Mutex<ClientLog>]>,
     tx_timestamps: Box<[Mutex<TxTimestamps>]>,
+    /// The sockets queue the kernel's transmit timestamps (`kernel-tx-timestamps`).
+    kernel_tx_timestamps: bool,
     /// Picks a client's shard; random per process.
     shard_hasher: std::collections::hash_map::RandomState,
     /// The client log's clock: monotonic, so rate limits ignore clock steps.
@@ -121,6 +123,7 @@ impl Shared {
             access: RwLock::new((settings.access.clone(), access)),
             clients,
             tx_timestamps,
+            kernel_tx_timestamps: settings.kernel_tx_timestamps,
             shard_hasher,
             started: Instant::now(),
             counters: (0..threads).map(|_| Counters::default()).collect(),
@@ -367,6 +370,7 @@ impl Worker {
                         let kernel_time = msg.cmsgs().ok().and_then(|mut c| {
                             c.find_map(|m| match m {
                                 ControlMessageOwned::ScmTimestampsns(ts) => Some(timestamp_ns(&ts.system)),
+                                ControlMessageOwned::ScmTimestampns(ts) => Some(timestamp_ns(&ts)),
                                 _ => None,
                             })
                         });
@@ -388,6 +392,10 @@ impl Worker {
             }
         };
         if count == 0 {
+            // A transmit timestamp left on the error queue makes every blocking read
+            // return EAGAIN at once: drain it, or the thread spins.
+            let offset_s = self.shared.time.offset_s(system_now_ns());
+            self.read_tx_timestamps(offset_s);
             return;
         }
         let shared = Arc::clone(&self.shared);
@@ -506,6 +514,9 @@ impl Worker {
     /// Read the kernel's transmit timestamps queued on the socket (every datagram
     /// sent has one; those of answers to interleaved requests go into the map).
     fn read_tx_timestamps(&mut self, clock_offset_s: f64) {
+        if !self.shared.kernel_tx_timestamps {
+            return;
+        }
         let fd = self.socket.as_raw_fd();
         let counters = &self.shared.counters[self.index];
         loop {

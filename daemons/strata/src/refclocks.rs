@@ -103,6 +103,7 @@ pub fn ntp_settings(
             kod_log2: r.kod.map(|k| k.0 as u8),
         }),
         client_log_limit_bytes: u64::from(server.client_log_limit.0),
+        kernel_tx_timestamps: server.kernel_tx_timestamps,
         upstreams: upstreams
             .iter()
             .map(|(u, address)| UpstreamSettings {

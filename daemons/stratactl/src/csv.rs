@@ -173,10 +173,6 @@ pub fn serverstats(r: &ServerStatsReply) -> String {
             r.send_failed,
             r.clients_logged,
             r.client_log_bytes,
-            r.rx_kernel,
-            r.tx_kernel,
-            r.interleaved,
-            r.tx_timestamps_held,
         ]
         .map(|v| v.to_string()),
     )

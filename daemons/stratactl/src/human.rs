@@ -259,10 +259,6 @@ pub fn serverstats(r: &ServerStatsReply) -> String {
         ("NTP send failures", r.send_failed),
         ("Client log records", r.clients_logged),
         ("Client log memory (bytes)", r.client_log_bytes),
-        ("NTP kernel RX timestamps", r.rx_kernel),
-        ("NTP kernel TX timestamps", r.tx_kernel),
-        ("NTP interleaved responses", r.interleaved),
-        ("NTP timestamps held", r.tx_timestamps_held),
     ];
     lines.iter().map(|(name, value)| format!("{name:<27}: {value}\n")).collect()
 }

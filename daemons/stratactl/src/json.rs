@@ -96,10 +96,6 @@ pub fn serverstats(r: &ServerStatsReply) -> Value {
         "send_failed": r.send_failed,
         "clients_logged": r.clients_logged,
         "client_log_bytes": r.client_log_bytes,
-        "rx_kernel": r.rx_kernel,
-        "tx_kernel": r.tx_kernel,
-        "interleaved": r.interleaved,
-        "tx_timestamps_held": r.tx_timestamps_held,
     })
 }
 

@@ -972,6 +972,7 @@ mod tests {
             access: Vec::new(),
             ratelimit: None,
             client_log_limit_bytes: 0,
+            kernel_tx_timestamps: false,
             upstreams,
             makestep: Some((1.0, 3)),
             minsources: 1,

@@ -345,7 +345,7 @@ fn start_strata(
     let write = |access: &str| {
         let text = format!(
             "[supervisor]\nruntime-dir = {:?}\nlog-level = \"info\"\n\n[clock]\nbackend = \"none\"\n\n\
-             [server]\nlisten = [\"{ip}:{port}\"]\nlocal-stratum = 1\n{access}",
+             [server]\nlisten = [\"{ip}:{port}\"]\nlocal-stratum = 1\nkernel-tx-timestamps = true\n{access}",
             dir.join("strata-run").display().to_string()
         );
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))

@@ -125,6 +125,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: bool) -> Result<Outcome, Strin
         access: Vec::new(),
         ratelimit: None,
         client_log_limit_bytes: 0,
+        kernel_tx_timestamps: false,
         upstreams: (0..scenario.servers.len())
             .map(|i| UpstreamSettings {
                 // Names only: nothing is ever sent anywhere.
