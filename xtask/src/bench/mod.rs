@@ -248,6 +248,19 @@ fn free_udp_port(ip: Ipv4Addr) -> Result<u16> {
     Ok(socket.local_addr().map_err(|e| e.to_string())?.port())
 }
 
+/// `dir`, or the release build (made first when `build`).
+fn strata_binaries(dir: Option<&Path>, build: bool) -> Result<PathBuf> {
+    match dir {
+        Some(d) => Ok(d.to_path_buf()),
+        None => {
+            if build {
+                run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+            }
+            Ok(default_bin_dir())
+        }
+    }
+}
+
 fn default_bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
     let target = if target.is_relative() { root().join(target) } else { target };
@@ -500,15 +513,7 @@ fn server(o: &Options) -> Result {
     if !have("chronyd") {
         return Err("chronyd not found: apt-get install chrony (the bench only starts it with -x)".into());
     }
-    let bin_dir = match &o.bin_dir {
-        Some(d) => d.clone(),
-        None => {
-            if o.build {
-                run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-            }
-            default_bin_dir()
-        }
-    };
+    let bin_dir = strata_binaries(o.bin_dir.as_deref(), o.build)?;
     if !bin_dir.join("strata").is_file() {
         return Err(format!("no strata binary in {}", bin_dir.display()));
     }

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{LOSS_FREE_PERCENT, NETNS_CLIENT_IP, NETNS_SERVER_IP, Netns, Scratch, default_bin_dir};
-use crate::{Result, cargo, ensure_users, have, is_root, root, run};
+use super::{LOSS_FREE_PERCENT, NETNS_CLIENT_IP, NETNS_SERVER_IP, Netns, Scratch};
+use crate::{Result, ensure_users, have, is_root, root, run};
 
 const USAGE: &str = "usage: cargo xtask bench ntpperf [--max-rate R] [--runs N] [--bin-dir DIR] [--no-build]
 
@@ -24,6 +24,10 @@ rate is the median over --runs runs. As root.
   --max-rate  the highest rate ntpperf offers  (default 400000)
   --runs      basic-mode runs per server      (default 1; five for a figure)
   --bin-dir   strata's binaries               (default <target>/release, built first unless --no-build)";
+
+/// Where the vendored ntpperf snapshot is, relative to the repository (read-only
+/// under CI: copied into `target/` before `make`).
+const NTPPERF_SOURCE: &str = "../shared/vendor/ntpperf";
 
 /// Where ntpperf's simulated clients live: routed back to the generator's side,
 /// which drops the answers after its capture has seen them.
@@ -110,7 +114,7 @@ fn median(mut v: Vec<u64>) -> Option<u64> {
 
 /// Copy the vendored source into `target/` (it is read-only under CI) and make it.
 fn build_ntpperf() -> Result<PathBuf> {
-    let source = root().join("../shared/vendor/ntpperf");
+    let source = root().join(NTPPERF_SOURCE);
     let dir = root().join("target/ntpperf");
     let binary = dir.join("ntpperf");
     if binary.is_file() {
@@ -171,15 +175,7 @@ pub fn main(args: &[String]) -> Result {
         return Err("chronyd not found: apt-get install chrony (the bench only starts it with -x)".into());
     }
     let binary = build_ntpperf()?;
-    let bin_dir = match &o.bin_dir {
-        Some(d) => d.clone(),
-        None => {
-            if o.build {
-                run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-            }
-            default_bin_dir()
-        }
-    };
+    let bin_dir = super::strata_binaries(o.bin_dir.as_deref(), o.build)?;
     ensure_users()?;
     let scratch = Scratch(std::env::temp_dir().join(format!("strata-ntpperf-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0).map_err(|e| format!("{}: {e}", scratch.0.display()))?;
