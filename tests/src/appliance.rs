@@ -116,6 +116,19 @@ impl Appliance {
         appliance
     }
 
+    /// `stratactl ARGS` against this appliance's control socket, as root: whether
+    /// it succeeded, and what it printed.
+    pub fn stratactl(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(bin_dir().join("stratactl"))
+            .arg("--socket")
+            .arg(self.dir.join("run/control.sock"))
+            .args(args)
+            .output()
+            .expect("run stratactl");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), said)
+    }
+
     pub fn supervisor_pid(&self) -> u32 {
         self.supervisor.as_ref().expect("running").id()
     }

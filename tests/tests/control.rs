@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use strata_grpc::v1::{self, admin_client::AdminClient, monitor_client::MonitorClient};
-use strata_tests::appliance::Appliance;
+use strata_tests::appliance::{Appliance, StatusExt};
 use strata_tests::grpc::{make_pki, runtime, tls_channel, unix_channel};
 use strata_tests::{TestNtpServer, bin_dir, free_udp_port, require_root, require_tool, scratch_dir, wait_for};
 
@@ -356,6 +356,10 @@ fn metrics_pass_promtool_and_show_the_sources() {
     for series in [
         "strata_tracking_offset_seconds",
         "strata_ntp_requests_received_total",
+        "strata_ntp_rx_timestamps_total{source=\"kernel\"}",
+        "strata_ntp_tx_timestamps_total{source=\"daemon\"}",
+        "strata_ntp_interleaved_responses_total",
+        "strata_ntp_timestamps_held",
         "strata_process_restarts_total",
         "strata_source_reachable",
     ] {
@@ -386,6 +390,30 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+#[test]
+fn the_control_plane_outlives_a_stream_of_calls() {
+    if !require_root("control calls") {
+        return;
+    }
+    // Replies allocate and free on the API thread; glibc once shrank that thread's
+    // own heap after a few dozen calls and opened a /proc file to decide how, which
+    // the seccomp policy kills. The control plane must serve on and never restart.
+    let upstream = TestNtpServer::start("127.0.0.27:0", 0.0);
+    let port = free_udp_port();
+    let appliance =
+        Appliance::start_with_clock("control-calls", Some(&config(port, upstream.address, "")), "backend = \"none\"");
+    let control = appliance.pid_of("control");
+    for round in 0..20 {
+        for verb in ["serverstats", "sources", "sourcestats", "tracking", "clients", "processes"] {
+            let (ok, said) = appliance.stratactl(&[verb]);
+            assert!(ok, "stratactl {verb} in round {round}: {said}\n{}", appliance.log());
+        }
+    }
+    let status = appliance.status();
+    assert_eq!(status.of("control").pid, Some(control), "{}", appliance.log());
+    assert_eq!(status.of("control").spawns, 1, "{}", appliance.log());
 }
 
 #[test]

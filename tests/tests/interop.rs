@@ -3,6 +3,7 @@
 //! 127.0.0.2:123 / 127.0.0.3:123, bound by the root supervisor).
 
 use std::process::Command;
+use std::time::Duration;
 
 use strata_tests::appliance::Appliance;
 use strata_tests::{chronyd_query, require_root, require_tool};
@@ -55,6 +56,22 @@ fn chronyd_in_interleaved_mode_gets_the_kernels_transmit_timestamps() {
     let modes: Vec<&str> =
         log.lines().filter(|l| l.contains(" 127.0.0.1 ")).filter_map(|l| l.split_whitespace().rev().nth(2)).collect();
     assert!(modes.iter().filter(|m| **m == "4I").count() >= 2, "modes {modes:?} in:\n{log}");
+    // The operator sees it as chronyc serverstats shows it, once the control
+    // plane's view has caught up with the engine's counters.
+    let count = |stats: &str, name: &str| -> u64 {
+        let line = stats.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{stats}"));
+        line.rsplit(':').next().unwrap().trim().parse().unwrap()
+    };
+    let stats = strata_tests::wait_for("serverstats with the interleaved answers", Duration::from_secs(5), || {
+        let (ok, stats) = appliance.stratactl(&["serverstats"]);
+        assert!(ok, "{stats}");
+        (count(&stats, "Interleaved NTP packets") >= 2).then_some(stats)
+    });
+    let count = |name| count(&stats, name);
+    assert!(count("NTP timestamps held") >= 1, "{stats}");
+    assert_eq!(count("NTP kernel RX timestamps"), count("NTP packets received"), "{stats}");
+    assert!(count("NTP kernel TX timestamps") + 1 >= count("NTP packets answered"), "{stats}");
+    assert_eq!(count("NTP hardware TX timestamps"), 0, "{stats}");
 }
 
 #[test]

@@ -400,6 +400,34 @@ fn encode_server(e: &mut DescriptorEncoder, s: &v1::ServerStatsReply) -> fmt::Re
         "strata_ntp_client_log_bytes",
         "Memory held by the client log in bytes, bounded by client-log-limit.",
         ConstGauge::new(s.client_log_bytes),
+    )?;
+    let sources = |daemon, kernel, hardware| {
+        [("daemon", daemon), ("kernel", kernel), ("hardware", hardware)]
+            .map(|(source, value)| ([("source", source)], ConstCounter::new(value)))
+    };
+    family(
+        e,
+        "strata_ntp_rx_timestamps",
+        "Requests by where their receive timestamp came from: the daemon's clock read, the kernel, or the NIC.",
+        sources(s.rx_daemon, s.rx_kernel, s.rx_hardware),
+    )?;
+    family(
+        e,
+        "strata_ntp_tx_timestamps",
+        "Responses by where their transmit timestamp came from: the daemon's clock read before the send, or the kernel's or the NIC's after it.",
+        sources(s.tx_daemon, s.tx_kernel, s.tx_hardware),
+    )?;
+    single(
+        e,
+        "strata_ntp_interleaved_responses",
+        "Responses in interleaved mode, carrying the kernel transmit timestamp of the client's previous response.",
+        ConstCounter::new(s.interleaved),
+    )?;
+    single(
+        e,
+        "strata_ntp_timestamps_held",
+        "Transmit timestamps kept for clients' next interleaved request, bounded by half of client-log-limit.",
+        ConstGauge::new(s.timestamps_held),
     )
 }
 
@@ -581,6 +609,14 @@ mod tests {
                     send_failed: 0,
                     clients_logged: 17,
                     client_log_bytes: 4096,
+                    rx_daemon: 0,
+                    rx_kernel: 1000,
+                    rx_hardware: 0,
+                    tx_daemon: 2,
+                    tx_kernel: 988,
+                    tx_hardware: 0,
+                    interleaved: 40,
+                    timestamps_held: 512,
                 },
                 processes: vec![
                     v1::Process {
@@ -699,6 +735,12 @@ mod tests {
                 "strata_ntp_send_failures_total 0",
                 "strata_ntp_clients_logged 17",
                 "strata_ntp_client_log_bytes 4096",
+                r#"strata_ntp_rx_timestamps_total{source="kernel"} 1000"#,
+                r#"strata_ntp_tx_timestamps_total{source="daemon"} 2"#,
+                r#"strata_ntp_tx_timestamps_total{source="kernel"} 988"#,
+                r#"strata_ntp_tx_timestamps_total{source="hardware"} 0"#,
+                "strata_ntp_interleaved_responses_total 40",
+                "strata_ntp_timestamps_held 512",
                 r#"strata_process_up{process="ntp"} 1"#,
                 r#"strata_process_up{process="refclock"} 0"#,
                 r#"strata_process_restarts_total{process="refclock"} 2"#,

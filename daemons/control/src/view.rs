@@ -108,6 +108,14 @@ impl View {
             send_failed: s.send_failed,
             clients_logged: engine.clients_logged,
             client_log_bytes: engine.client_log_bytes,
+            rx_daemon: s.received.saturating_sub(s.rx_kernel),
+            rx_kernel: s.rx_kernel,
+            rx_hardware: 0,
+            tx_daemon: s.answered.saturating_sub(s.tx_kernel),
+            tx_kernel: s.tx_kernel,
+            tx_hardware: 0,
+            interleaved: s.interleaved,
+            timestamps_held: s.tx_timestamps_held,
         })
     }
 

@@ -154,6 +154,7 @@ fn setup<S: Service>() -> Result<(Channel, S), SetupError> {
     // 1. Sanitise.
     strata_sys::close_descriptors_above(strata_sys::SUPERVISOR_FD).map_err(SetupError::Sanitise)?;
     strata_sys::clear_environment();
+    strata_sys::one_malloc_arena().map_err(SetupError::Sanitise)?;
     let supervisor = Channel::from_fd(strata_sys::take_supervisor_channel().map_err(SetupError::NoChannel)?);
 
     // 2. Validate: handshake, Start.

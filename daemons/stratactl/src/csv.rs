@@ -173,6 +173,14 @@ pub fn serverstats(r: &ServerStatsReply) -> String {
             r.send_failed,
             r.clients_logged,
             r.client_log_bytes,
+            r.interleaved,
+            r.timestamps_held,
+            r.rx_daemon,
+            r.tx_daemon,
+            r.rx_kernel,
+            r.tx_kernel,
+            r.rx_hardware,
+            r.tx_hardware,
         ]
         .map(|v| v.to_string()),
     )

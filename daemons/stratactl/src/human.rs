@@ -259,6 +259,14 @@ pub fn serverstats(r: &ServerStatsReply) -> String {
         ("NTP send failures", r.send_failed),
         ("Client log records", r.clients_logged),
         ("Client log memory (bytes)", r.client_log_bytes),
+        ("Interleaved NTP packets", r.interleaved),
+        ("NTP timestamps held", r.timestamps_held),
+        ("NTP daemon RX timestamps", r.rx_daemon),
+        ("NTP daemon TX timestamps", r.tx_daemon),
+        ("NTP kernel RX timestamps", r.rx_kernel),
+        ("NTP kernel TX timestamps", r.tx_kernel),
+        ("NTP hardware RX timestamps", r.rx_hardware),
+        ("NTP hardware TX timestamps", r.tx_hardware),
     ];
     lines.iter().map(|(name, value)| format!("{name:<27}: {value}\n")).collect()
 }

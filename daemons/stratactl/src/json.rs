@@ -96,6 +96,14 @@ pub fn serverstats(r: &ServerStatsReply) -> Value {
         "send_failed": r.send_failed,
         "clients_logged": r.clients_logged,
         "client_log_bytes": r.client_log_bytes,
+        "interleaved": r.interleaved,
+        "timestamps_held": r.timestamps_held,
+        "rx_daemon": r.rx_daemon,
+        "tx_daemon": r.tx_daemon,
+        "rx_kernel": r.rx_kernel,
+        "tx_kernel": r.tx_kernel,
+        "rx_hardware": r.rx_hardware,
+        "tx_hardware": r.tx_hardware,
     })
 }
 

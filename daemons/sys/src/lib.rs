@@ -30,8 +30,27 @@ pub enum SysError {
     Capabilities(#[from] caps::errors::CapsError),
     #[error("prctl {what}: {source}")]
     Prctl { what: &'static str, source: nix::Error },
+    #[error("mallopt(M_ARENA_MAX) refused")]
+    Allocator,
     #[error("installing the seccomp filter: {0}")]
     Seccomp(#[from] seccompiler::Error),
+}
+
+/// Make every thread allocate from glibc's main arena (`mallopt(M_ARENA_MAX, 1)`).
+/// A thread's own arena is a heap that glibc shrinks on a large `free`, and the
+/// first shrink opens /proc/sys/vm/overcommit_memory: inside the sandbox that
+/// openat is a seccomp kill, at a moment no test can predict (it took the control
+/// plane's API thread down on a big reply). The main arena grows and shrinks with
+/// brk, which every policy allows. Called before any thread is spawned; our
+/// processes do not allocate per packet, so one arena costs no contention.
+pub fn one_malloc_arena() -> Result<(), SysError> {
+    // SAFETY: mallopt takes two integers and changes allocator parameters only; no
+    // memory of ours is touched and no allocation is in flight on another thread.
+    let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if ok != 1 {
+        return Err(SysError::Allocator);
+    }
+    Ok(())
 }
 
 /// Close every descriptor above `last_kept` (`close_range(2)`): nothing inherited by
