@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::ntp::LeapIndicator;
 
 /// Bumped whenever any enum below changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Exit status of a child that must not be re-spawned (the adjuster's panic
 /// threshold): the supervisor raises an alarm instead.
@@ -457,6 +457,8 @@ pub struct UpstreamSettings {
     pub require: bool,
     pub max_delay_s: f64,
     pub version: u8,
+    /// chrony's `xleave`: ask the server for interleaved replies.
+    pub xleave: bool,
 }
 
 /// chrony's `ratelimit interval I burst B leak L`, plus strata's `kod K`.
@@ -902,6 +904,13 @@ pub struct SourceStatus {
     pub noselect: bool,
     pub online: bool,
     pub added: bool,
+    /// The last sample came from an interleaved reply.
+    pub interleaved: bool,
+    /// T1 of the latest request was the kernel's transmit timestamp (else the clock
+    /// read before the send).
+    pub kernel_tx: bool,
+    /// T4 of the latest reply was the kernel's receive timestamp.
+    pub kernel_rx: bool,
 }
 
 /// A switch of the system peer (refclock ↔ NTP failover and back).

@@ -90,6 +90,62 @@ fn chronyd_upstream(port: u16) -> Chronyd {
     Chronyd(child.expect("start chronyd"))
 }
 
+/// `stratactl ntpdata` of the appliance's only server, once it says `wanted`.
+fn ntpdata_once(appliance: &Appliance, wanted: &[&str]) -> String {
+    strata_tests::wait_for("ntpdata", Duration::from_secs(20), || {
+        let (ok, said) = appliance.stratactl(&["ntpdata"]);
+        (ok && wanted.iter().all(|w| said.contains(w))).then_some(said)
+    })
+}
+
+#[test]
+fn with_xleave_strata_polls_chronyd_in_interleaved_mode() {
+    if !require_tool("xleave client", "chronyd") {
+        return;
+    }
+    if !require_root("xleave client") {
+        return;
+    }
+    let upstream_port = free_udp_port();
+    let _chronyd = chronyd_upstream(upstream_port);
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[upstream]]\naddress = \"127.0.0.1:{upstream_port}\"\niburst = true\nminpoll = -2\nmaxpoll = -2\nxleave = true\n"
+    );
+    let appliance = Appliance::start_custom("xleave-client", "", Some(&server), None);
+    // strata's view: the samples are interleaved, both timestamps the kernel's.
+    let ntpdata =
+        ntpdata_once(&appliance, &["Interleaved     : Yes", "TX timestamping : Kernel", "RX timestamping : Kernel"]);
+    // The same clock on both sides, over loopback: the offset is the error.
+    let (_, sources) = appliance.stratactl(&["--json", "sources"]);
+    let sources: serde_json::Value = serde_json::from_str(&sources).unwrap();
+    let offset = sources["sources"][0]["last_offset_s"].as_f64().unwrap();
+    assert!(offset.abs() < 100e-6, "last offset {offset} s:\n{ntpdata}");
+    // Only chronyd's interleaved replies echo the receive cookie: "Yes" is its doing.
+}
+
+#[test]
+fn with_xleave_strata_polls_another_strata_in_interleaved_mode() {
+    if !require_root("xleave against strata") {
+        return;
+    }
+    let upstream = Appliance::start("xleave-upstream", "");
+    let port = free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
+         [[upstream]]\naddress = \"127.0.0.1:{}\"\niburst = true\nminpoll = -2\nmaxpoll = -2\nxleave = true\n",
+        upstream.ntp_port
+    );
+    let appliance = Appliance::start_custom("xleave-downstream", "", Some(&server), None);
+    ntpdata_once(&appliance, &["Interleaved     : Yes", "TX timestamping : Kernel"]);
+    let (ok, stats) = upstream.stratactl(&["serverstats"]);
+    assert!(ok, "{stats}");
+    let line = stats.lines().find(|l| l.starts_with("Interleaved NTP packets")).unwrap();
+    let interleaved: u64 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    assert!(interleaved >= 1, "{stats}");
+}
+
 #[test]
 fn a_clock_half_a_second_and_30_ppm_off_is_stepped_once_then_held_within_a_millisecond() {
     if !require_tool("closed loop", "chronyd") || !require_root("closed loop") {

@@ -99,7 +99,6 @@ fn unsupported_source_option(option: &str) -> Option<&'static str> {
     Some(match option {
         "burst" => "strata sends one request per poll",
         "offline" | "auto_offline" => "strata polls from the start and has no offline state",
-        "xleave" => "strata answers interleaved requests but polls its upstreams in basic mode",
         "copy" => "strata does not copy the server's reference",
         "maxdelayratio" | "maxdelaydevratio" | "maxdelayquant" | "mindelay" => "strata's delay test is `maxdelay` only",
         "asymmetry" | "offset" => "strata assumes a symmetric path with no fixed offset",
@@ -369,7 +368,7 @@ impl Importer {
         let mut words = options.iter();
         while let Some(&word) = words.next() {
             let option = word.to_ascii_lowercase();
-            if matches!(option.as_str(), "iburst" | "prefer" | "noselect" | "trust" | "require") {
+            if matches!(option.as_str(), "iburst" | "prefer" | "noselect" | "trust" | "require" | "xleave") {
                 keys.push(format!("{option} = true"));
                 continue;
             }
@@ -862,11 +861,11 @@ mod tests {
     fn options_strata_lacks_are_named_and_the_server_is_kept() {
         let (c, import) = import_ok("\n\nserver ntp.example iburst burst xleave maxsamples 8\n");
         assert_eq!(c.upstream.len(), 1);
-        assert!(c.upstream[0].iburst);
+        assert!(c.upstream[0].iburst && c.upstream[0].xleave);
         let r = reasons(&import);
-        assert_eq!(r.len(), 3, "{r:?}");
+        assert_eq!(r.len(), 2, "{r:?}");
         assert!(r.iter().all(|(line, directive, _)| *line == 3 && *directive == "server"));
-        for option in ["`burst`", "`xleave`", "`maxsamples`"] {
+        for option in ["`burst`", "`maxsamples`"] {
             assert!(r.iter().any(|(_, _, reason)| reason.contains(option)), "{option}: {r:?}");
             assert!(import.toml.contains(&format!("#   not converted: option {option}")), "{}", import.toml);
         }

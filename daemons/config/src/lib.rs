@@ -321,6 +321,10 @@ pub struct Upstream {
     /// chrony's `version`: the NTP version of our requests.
     #[serde(default = "default_version")]
     pub version: NtpVersion,
+    /// chrony's `xleave`: interleaved mode, so samples carry the server's kernel
+    /// transmit timestamp (RFC 9769).
+    #[serde(default)]
+    pub xleave: bool,
 }
 
 fn default_version() -> NtpVersion {
@@ -734,7 +738,8 @@ pub struct ServerConfig {
     pub receive_buffer: ReceiveBuffer,
     /// Read the kernel's transmit timestamp of every answer back from the socket's
     /// error queue, for interleaved mode (off: the daemon's clock read before the
-    /// send is the transmit time it hands out). On by default.
+    /// send is the transmit time it hands out), and of every request to an upstream
+    /// (its T1). On by default.
     pub kernel_tx_timestamps: bool,
 }
 

@@ -220,6 +220,17 @@ fn source(s: &SourceStatus) -> v1::Source {
         noselect: s.noselect,
         online: s.online,
         added: s.added,
+        interleaved: s.interleaved,
+        tx_timestamping: timestamping(s, s.kernel_tx),
+        rx_timestamping: timestamping(s, s.kernel_rx),
+    }
+}
+
+fn timestamping(s: &SourceStatus, kernel: bool) -> String {
+    match (s.refclock, kernel) {
+        (true, _) => String::new(),
+        (false, true) => "kernel".into(),
+        (false, false) => "daemon".into(),
     }
 }
 

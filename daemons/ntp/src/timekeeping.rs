@@ -5,7 +5,10 @@
 //!
 //! Each upstream's socket is created and connected before the sandbox (so the
 //! engine needs neither `socket` nor `connect` afterwards for configured servers,
-//! and a connected socket accepts replies from that server's address only).
+//! and a connected socket accepts replies from that server's address only). With
+//! `kernel-tx-timestamps` the kernel also stamps each request as it leaves (OPT_ID
+//! numbers them per socket); the timestamp is read from the error queue, which
+//! makes the socket ready like a reply does, and corrects the request's T1.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -34,6 +37,16 @@ struct Socket {
     source: SourceId,
     address: SocketAddr,
     socket: UdpSocket,
+    /// Requests sent on it: the kernel numbers their transmit timestamps from 0.
+    sent: u32,
+    /// The last reply came with the kernel's receive timestamp.
+    kernel_rx: bool,
+}
+
+impl Socket {
+    fn new(source: SourceId, address: SocketAddr, kernel_tx: bool) -> Result<Socket, String> {
+        Ok(Socket { source, address, socket: connected_socket(address, kernel_tx)?, sent: 0, kernel_rx: false })
+    }
 }
 
 pub struct Timekeeping {
@@ -63,7 +76,7 @@ impl Timekeeping {
         let system = Timekeeper::new(config, Monotonic(0), local_now(&shared), &mut cookie);
         let sockets = system
             .upstreams()
-            .map(|(source, address)| Ok(Socket { source, address, socket: connected_socket(address)? }))
+            .map(|(source, address)| Socket::new(source, address, shared.kernel_tx_timestamps))
             .collect::<Result<_, String>>()?;
         Ok(Timekeeping { shared, system, sockets, origin, clock: None, slew_rate_ppm })
     }
@@ -103,9 +116,17 @@ impl Timekeeping {
         let mut buf = [0u8; 1024];
         loop {
             // An operator may have deleted a source since the poll that woke us.
-            let Some(s) = self.sockets.get(index) else { return };
+            let Some(s) = self.sockets.get_mut(index) else { return };
             let (source, address) = (s.source, s.address);
+            // Transmit timestamps first: the request's T1 before its reply's T4.
+            while let Some((id, sent_ns)) = transmit_timestamp(&s.socket) {
+                if id == s.sent.wrapping_sub(1) {
+                    let sent = LocalTime(sent_ns + (self.shared.time_offset_s(sent_ns) * 1e9) as i64);
+                    self.system.handle_transmit_timestamp(source, sent);
+                }
+            }
             let Some((len, kernel_ns)) = receive(&s.socket, &mut buf) else { return };
+            s.kernel_rx = kernel_ns.is_some();
             // T4: the kernel's receive time, on the served clock's time scale.
             let system_ns = kernel_ns.unwrap_or_else(system_now_ns);
             let t4 = LocalTime(system_ns + (self.shared.time_offset_s(system_ns) * 1e9) as i64);
@@ -136,9 +157,10 @@ impl Timekeeping {
         for action in actions {
             match action {
                 Action::Send { source, packet, len } => {
-                    let Some(s) = self.sockets.iter().find(|s| s.source == source) else { continue };
-                    if let Err(e) = s.socket.send(&packet[..len]) {
-                        debug!(upstream = %s.address, "request not sent: {e}");
+                    let Some(s) = self.sockets.iter_mut().find(|s| s.source == source) else { continue };
+                    match s.socket.send(&packet[..len]) {
+                        Ok(_) => s.sent = s.sent.wrapping_add(1),
+                        Err(e) => debug!(upstream = %s.address, "request not sent: {e}"),
                     }
                 }
                 Action::Clock(request) => {
@@ -162,7 +184,11 @@ impl Timekeeping {
     pub fn status(&self) -> (TrackingStatus, Vec<SourceStatus>, Vec<Failover>, u64) {
         let clock = local_now(&self.shared);
         let (failovers, total) = self.system.failovers();
-        (self.system.tracking(clock), self.system.sources(clock, self.now()), failovers, total)
+        let mut sources = self.system.sources(clock, self.now());
+        for status in sources.iter_mut().filter(|s| !s.refclock) {
+            status.kernel_rx = self.sockets.iter().any(|s| s.kernel_rx && s.address.to_string() == status.name);
+        }
+        (self.system.tracking(clock), sources, failovers, total)
     }
 
     /// `stratactl add server`: a new upstream, polled from now on.
@@ -179,11 +205,12 @@ impl Timekeeping {
             require: false,
             max_delay_s: 3.0,
             version: 4,
+            xleave: false,
         };
         // The socket first: a source that cannot have one is not added.
-        let socket = connected_socket(add.address)?;
+        let socket = connected_socket(add.address, self.shared.kernel_tx_timestamps)?;
         let source = self.system.add_upstream(&settings, local_now(&self.shared), cookie())?;
-        self.sockets.push(Socket { source, address: add.address, socket });
+        self.sockets.push(Socket { source, address: add.address, socket, sent: 0, kernel_rx: false });
         info!(source = %add.address, "source added by an operator");
         Ok(format!("added server {}", add.address))
     }
@@ -229,17 +256,28 @@ impl Timekeeping {
     }
 }
 
-/// An upstream's own socket, non-blocking, with kernel receive timestamps, connected
-/// to its server. Before the sandbox for configured upstreams; afterwards for added
-/// ones (socket and connect are allowed to the engine for UDP only, see policy/seccomp).
-fn connected_socket(address: SocketAddr) -> Result<UdpSocket, String> {
+/// An upstream's own socket, non-blocking, with kernel receive timestamps (and
+/// transmit timestamps with `kernel_tx`), connected to its server. Before the
+/// sandbox for configured upstreams; afterwards for added ones (socket and connect
+/// are allowed to the engine for UDP only, see policy/seccomp).
+fn connected_socket(address: SocketAddr, kernel_tx: bool) -> Result<UdpSocket, String> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, connect, socket};
     let family = if address.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fail = |e: nix::Error| format!("upstream {address}: {e}");
     // Non-blocking from the start: no fcntl/ioctl needed afterwards.
     let fd =
         socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None).map_err(fail)?;
-    setsockopt(&fd, sockopt::ReceiveTimestampns, &true).map_err(fail)?;
+    if kernel_tx {
+        use nix::sys::socket::TimestampingFlag as F;
+        let stamping = F::SOF_TIMESTAMPING_SOFTWARE
+            | F::SOF_TIMESTAMPING_RX_SOFTWARE
+            | F::SOF_TIMESTAMPING_TX_SOFTWARE
+            | F::SOF_TIMESTAMPING_OPT_ID
+            | F::SOF_TIMESTAMPING_OPT_TSONLY;
+        setsockopt(&fd, sockopt::Timestamping, &stamping).map_err(fail)?;
+    } else {
+        setsockopt(&fd, sockopt::ReceiveTimestampns, &true).map_err(fail)?;
+    }
     connect(fd.as_raw_fd(), &SockaddrStorage::from(address)).map_err(fail)?;
     Ok(UdpSocket::from(fd))
 }
@@ -247,15 +285,48 @@ fn connected_socket(address: SocketAddr) -> Result<UdpSocket, String> {
 /// One datagram and its kernel receive time (ns since the epoch), if one is waiting.
 fn receive(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, Option<i64>)> {
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    let mut cmsg = nix::cmsg_space!([TimeSpec; 3]);
     let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT).ok()?;
     let kernel_ns = msg.cmsgs().ok().and_then(|mut c| {
         c.find_map(|m| match m {
-            ControlMessageOwned::ScmTimestampns(ts) => Some(ts.tv_sec() * 1_000_000_000 + ts.tv_nsec()),
+            ControlMessageOwned::ScmTimestampns(ts) => Some(nanoseconds(&ts)),
+            ControlMessageOwned::ScmTimestampsns(ts) => Some(nanoseconds(&ts.system)),
             _ => None,
         })
     });
     Some((msg.bytes, kernel_ns))
+}
+
+/// The next transmit timestamp on the socket's error queue: the request's number
+/// (OPT_ID) and when it left (ns since the epoch, system clock).
+fn transmit_timestamp(socket: &UdpSocket) -> Option<(u32, i64)> {
+    loop {
+        let mut nothing = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut nothing)];
+        let mut cmsg = nix::cmsg_space!([TimeSpec; 3], nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+        let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), flags).ok()?;
+        let (mut sent_ns, mut id) = (None, None);
+        for m in msg.cmsgs().into_iter().flatten() {
+            match m {
+                ControlMessageOwned::ScmTimestampsns(ts) => sent_ns = Some(nanoseconds(&ts.system)),
+                ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _)
+                    if e.ee_origin == nix::libc::SO_EE_ORIGIN_TIMESTAMPING =>
+                {
+                    id = Some(e.ee_data)
+                }
+                _ => {}
+            }
+        }
+        // Anything else on the queue (an ICMP error) is read and dropped.
+        if let (Some(id), Some(sent_ns)) = (id, sent_ns) {
+            return Some((id, sent_ns));
+        }
+    }
+}
+
+fn nanoseconds(ts: &TimeSpec) -> i64 {
+    ts.tv_sec() * 1_000_000_000 + ts.tv_nsec()
 }
 
 /// The served clock now, as the sans-IO core counts time.

@@ -69,7 +69,7 @@ pub struct Shared {
     clients: Box<[Mutex<ClientLog>]>,
     tx_timestamps: Box<[Mutex<TxTimestamps>]>,
     /// The sockets queue the kernel's transmit timestamps (`kernel-tx-timestamps`).
-    kernel_tx_timestamps: bool,
+    pub kernel_tx_timestamps: bool,
     /// Picks a client's shard; random per process.
     shard_hasher: std::collections::hash_map::RandomState,
     /// The client log's clock: monotonic, so rate limits ignore clock steps.

@@ -117,6 +117,7 @@ pub fn ntp_settings(
                 require: u.require,
                 max_delay_s: u.maxdelay,
                 version: u.version.0 as u8,
+                xleave: u.xleave,
             })
             .collect(),
         makestep: config.clock.makestep.map(|m| (m.threshold, m.limit)),

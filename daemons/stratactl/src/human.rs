@@ -209,6 +209,9 @@ pub fn ntpdata(s: &Source) -> String {
     let _ = writeln!(out, "Offset          : {:+.9} seconds", s.last_offset_s);
     let _ = writeln!(out, "Peer delay      : {:.9} seconds", s.delay_s);
     let _ = writeln!(out, "Peer dispersion : {:.9} seconds", s.dispersion_s);
+    let _ = writeln!(out, "Interleaved     : {}", yes_no(s.interleaved));
+    let _ = writeln!(out, "TX timestamping : {}", capitalised(&s.tx_timestamping));
+    let _ = writeln!(out, "RX timestamping : {}", capitalised(&s.rx_timestamping));
     let _ = writeln!(out, "Total TX        : {}", s.packets_sent);
     let _ = writeln!(out, "Total RX        : {}", s.packets_received);
     let _ = writeln!(out, "Total KoD RX    : {}", s.kod_received);
@@ -217,6 +220,15 @@ pub fn ntpdata(s: &Source) -> String {
     let _ = writeln!(out, "Online          : {}", yes_no(s.online));
     let _ = writeln!(out, "Added at run    : {}", yes_no(s.added));
     out
+}
+
+/// "kernel" → "Kernel", as chronyc prints it; "-" when unknown.
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => "-".into(),
+    }
 }
 
 /// A log2 interval column (chronyc `%C`): ` -` when none.

@@ -31,6 +31,28 @@
 //!   The sample time is the middle of T1..T4 (chrony: the only choice that estimates
 //!   frequency right for any delay).
 //!
+//! # Interleaved mode (`xleave`; RFC 9769, chrony's client)
+//!
+//! A server's transmit timestamp is its clock read before the send; the kernel's
+//! timestamp of the datagram leaving is known only afterwards. In interleaved mode
+//! the server hands it over in its next reply, and the sample is made from the
+//! previous exchange with that true T3:
+//! - Request: as in basic mode (transmit = cookie), plus, when the previous request
+//!   was answered, origin = that reply's receive timestamp (which the server looks
+//!   its saved transmit time up by) and receive = a second random cookie (chrony
+//!   writes its receive time there; any value the server has not seen works, and a
+//!   random one is as hard to spoof as the first).
+//! - Reply: origin = transmit cookie: basic, measured as above. Origin = receive
+//!   cookie: interleaved; T1, T2 and T4 are the previous exchange's, T3 is this
+//!   reply's transmit timestamp, which must lie between the previous and this reply's
+//!   receive timestamps (the server sent the previous reply in between), else the
+//!   reply is ignored as [`IgnoreReason::BadInterleaved`]. The sample is one poll
+//!   old: its time is the previous exchange's middle.
+//! - T1 is the caller's clock read before the send until the kernel's transmit
+//!   timestamp arrives ([`NtpSource::transmitted`]); that improves basic samples too
+//!   when it comes before the reply (chrony does the same).
+//! - A missed reply forgets the previous exchange: the next request is basic.
+//!
 //! # Kiss-o'-death (RFC 5905 §7.4)
 //!
 //! Only after the origin check, so a spoofed KoD cannot stop a source.
@@ -138,6 +160,8 @@ pub struct ServerOptions {
     pub select: SelectOptions,
     /// chrony `maxdelay`: replies with a larger round-trip delay give no sample (default 3 s).
     pub max_delay_s: f64,
+    /// chrony `xleave`: ask for interleaved replies (see the module docs).
+    pub xleave: bool,
 }
 
 impl Default for ServerOptions {
@@ -149,6 +173,7 @@ impl Default for ServerOptions {
             version: MAX_VERSION,
             select: SelectOptions::default(),
             max_delay_s: DEFAULT_MAX_DELAY_S,
+            xleave: false,
         }
     }
 }
@@ -248,10 +273,13 @@ pub enum IgnoreReason {
     NegativeDelay,
     /// Delay above chrony's `maxdelay`.
     DelayTooLarge,
+    /// An interleaved reply whose transmit timestamp does not lie between the
+    /// previous and this receive timestamp: not the previous reply's send time.
+    BadInterleaved,
 }
 
 impl IgnoreReason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const ALL: [IgnoreReason; IgnoreReason::COUNT] = [
         IgnoreReason::Malformed,
         IgnoreReason::NotServerMode,
@@ -264,6 +292,7 @@ impl IgnoreReason {
         IgnoreReason::RootDistanceTooLarge,
         IgnoreReason::NegativeDelay,
         IgnoreReason::DelayTooLarge,
+        IgnoreReason::BadInterleaved,
     ];
 
     /// Index into [`SourceCounters::ignored`].
@@ -323,10 +352,31 @@ impl SourceCounters {
 /// The request waiting for its reply.
 #[derive(Clone, Copy, Debug)]
 struct Outstanding {
-    /// The random transmit timestamp the reply must echo as its origin.
+    /// The random transmit timestamp a basic reply must echo as its origin.
     cookie: NtpTimestamp,
     /// T1: when it was sent, on the local clock.
     sent: LocalTime,
+    /// In interleaved mode: the random receive timestamp an interleaved reply echoes
+    /// as its origin, and the exchange that reply completes.
+    interleaved: Option<(NtpTimestamp, Exchange)>,
+}
+
+/// An answered request, kept in interleaved mode for the reply that brings its T3.
+#[derive(Clone, Copy, Debug)]
+struct Exchange {
+    /// T1 (the kernel's transmit timestamp, once it came).
+    sent: LocalTime,
+    /// T2 as the server wrote it: the origin of the next request.
+    remote_receive: NtpTimestamp,
+    /// T4.
+    received: LocalTime,
+}
+
+impl Exchange {
+    fn step(&mut self, step_s: f64) {
+        self.sent = self.sent.add_seconds(step_s);
+        self.received = self.received.add_seconds(step_s);
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -354,6 +404,15 @@ pub struct NtpSource {
     outstanding: Option<Outstanding>,
     /// Transmit timestamp of the last reply that answered a request (RFC test 1).
     last_reply_transmit: Option<NtpTimestamp>,
+    /// With `xleave`: the last exchange, if its reply answered the latest request.
+    previous: Option<Exchange>,
+    /// The number of requests sent when `previous` was answered (so a late kernel
+    /// transmit timestamp finds its exchange).
+    previous_request: u64,
+    /// The last sample came from an interleaved reply.
+    last_interleaved: bool,
+    /// T1 of the latest request is the kernel's.
+    kernel_tx: bool,
     reach: u8,
     unanswered_in_a_row: u32,
     burst: Option<Burst>,
@@ -383,6 +442,10 @@ impl NtpSource {
             last_sent: None,
             outstanding: None,
             last_reply_transmit: None,
+            previous: None,
+            previous_request: 0,
+            last_interleaved: false,
+            kernel_tx: false,
             reach: 0,
             unanswered_in_a_row: 0,
             burst: options.iburst.then_some(Burst::FULL),
@@ -455,8 +518,9 @@ impl NtpSource {
 
     /// Build the next request into `out` and return its length, or `None` once the
     /// source is stopped. `now` is the send time T1 (read it as close to the send as
-    /// possible); `random` must be unpredictable (it is the cookie).
-    pub fn poll(&mut self, now: LocalTime, random: u64, out: &mut [u8; 48]) -> Option<usize> {
+    /// possible; [`NtpSource::transmitted`] may correct it); `random` must be
+    /// unpredictable: the cookies.
+    pub fn poll(&mut self, now: LocalTime, random: [u64; 2], out: &mut [u8; 48]) -> Option<usize> {
         if self.stopped.is_some() {
             return None;
         }
@@ -466,8 +530,13 @@ impl NtpSource {
         self.reach <<= 1;
 
         // A zero transmit timestamp means "unknown" and a zero origin fails RFC test 3:
-        // never use it as a cookie.
-        let cookie = NtpTimestamp::from_bits(if random == 0 { 1 } else { random });
+        // never use it as a cookie; the two cookies must differ (the server tells
+        // interleaved requests by receive ≠ transmit).
+        let cookie = NtpTimestamp::from_bits(random[0].max(1));
+        let interleaved = self.previous.take().filter(|_| self.options.xleave).map(|previous| {
+            let bits = if random[1] == cookie.to_bits() || random[1] == 0 { !cookie.to_bits() | 1 } else { random[1] };
+            (NtpTimestamp::from_bits(bits), previous)
+        });
         let request = Header {
             leap: LeapIndicator::NoWarning,
             version: self.options.version,
@@ -479,12 +548,13 @@ impl NtpSource {
             root_dispersion: NtpShort::ZERO,
             reference_id: ReferenceId::ZERO,
             reference_ts: NtpTimestamp::ZERO,
-            origin_ts: NtpTimestamp::ZERO,
-            receive_ts: NtpTimestamp::ZERO,
+            origin_ts: interleaved.map_or(NtpTimestamp::ZERO, |(_, previous)| previous.remote_receive),
+            receive_ts: interleaved.map_or(NtpTimestamp::ZERO, |(receive_cookie, _)| receive_cookie),
             transmit_ts: cookie,
         };
         request.serialize(out);
-        self.outstanding = Some(Outstanding { cookie, sent: now });
+        self.outstanding = Some(Outstanding { cookie, sent: now, interleaved });
+        self.kernel_tx = false;
         self.last_sent = Some(now);
         self.counters.packets_sent += 1;
 
@@ -497,6 +567,34 @@ impl NtpSource {
         }
         self.reschedule();
         Some(out.len())
+    }
+
+    /// The kernel's transmit timestamp of the latest request: a better T1 than the
+    /// clock read before the send. One that is not within a second after that read
+    /// (a stale or mismatched timestamp) is ignored.
+    pub fn transmitted(&mut self, sent: LocalTime) {
+        let plausible = |before: LocalTime| (0.0..1.0).contains(&sent.seconds_since(before));
+        match (&mut self.outstanding, &mut self.previous) {
+            (Some(request), _) if plausible(request.sent) => request.sent = sent,
+            // It came after the reply: the exchange the next reply completes.
+            (None, Some(previous))
+                if self.previous_request == self.counters.packets_sent && plausible(previous.sent) =>
+            {
+                previous.sent = sent
+            }
+            _ => return,
+        }
+        self.kernel_tx = true;
+    }
+
+    /// The last sample came from an interleaved reply.
+    pub fn last_interleaved(&self) -> bool {
+        self.last_interleaved
+    }
+
+    /// T1 of the latest request is the kernel's transmit timestamp.
+    pub fn kernel_tx(&self) -> bool {
+        self.kernel_tx
     }
 
     /// Process a datagram received from the server; `receive_time` is T4, read as
@@ -519,6 +617,12 @@ impl NtpSource {
     pub fn apply_step(&mut self, step_s: f64) {
         if let Some(outstanding) = &mut self.outstanding {
             outstanding.sent = outstanding.sent.add_seconds(step_s);
+            if let Some((_, previous)) = &mut outstanding.interleaved {
+                previous.step(step_s);
+            }
+        }
+        if let Some(previous) = &mut self.previous {
+            previous.step(step_s);
         }
         self.last_sent = self.last_sent.map(|sent| sent.add_seconds(step_s));
         self.next_poll = self.next_poll.add_seconds(step_s);
@@ -539,9 +643,11 @@ impl NtpSource {
             return Response::Ignored(Duplicate);
         }
         let Some(request) = self.outstanding else { return Response::Ignored(NoRequestOutstanding) };
-        if header.origin_ts != request.cookie {
-            return Response::Ignored(Bogus);
-        }
+        let completes = match request.interleaved {
+            _ if header.origin_ts == request.cookie => None,
+            Some((receive_cookie, previous)) if header.origin_ts == receive_cookie => Some(previous),
+            _ => return Response::Ignored(Bogus),
+        };
         // This is the server's answer (or an on-path attacker's, which no check here
         // could stop): at most one per request.
         self.outstanding = None;
@@ -576,11 +682,26 @@ impl NtpSource {
             self.back_from_unreachable();
         }
 
-        let t1 = request.sent;
+        // This exchange, for the interleaved reply that will bring its T3.
+        let this = Exchange { sent: request.sent, remote_receive: header.receive_ts, received: t4 };
+        if self.options.xleave {
+            self.previous = Some(this);
+            self.previous_request = self.counters.packets_sent;
+        }
+        let (t1, t2, t4) = match completes {
+            None => (request.sent, header.receive_ts, t4),
+            Some(previous) => (previous.sent, previous.remote_receive, previous.received),
+        };
         let t1_ns = i128::from(t1.0);
-        let t2_ns = i128::from(header.receive_ts.to_unix_ns_near(t1.0));
+        let t2_ns = i128::from(t2.to_unix_ns_near(t1.0));
         let t3_ns = i128::from(header.transmit_ts.to_unix_ns_near(t1.0));
         let t4_ns = i128::from(t4.0);
+        if completes.is_some() {
+            let this_t2_ns = i128::from(header.receive_ts.to_unix_ns_near(t1.0));
+            if !(t2_ns..=this_t2_ns).contains(&t3_ns) {
+                return Response::Ignored(BadInterleaved);
+            }
+        }
         let offset_s = ((t2_ns - t1_ns) + (t3_ns - t4_ns)) as f64 / 2.0 / NS_PER_S;
         let delay_s = ((t4_ns - t1_ns) - (t3_ns - t2_ns)) as f64 / NS_PER_S;
         let local_interval_s = (t4_ns - t1_ns) as f64 / NS_PER_S;
@@ -604,6 +725,7 @@ impl NtpSource {
             leap: header.leap,
         };
         self.adapt_poll(&sample);
+        self.last_interleaved = completes.is_some();
         Response::Sample(sample)
     }
 
@@ -777,7 +899,7 @@ mod tests {
     /// Poll at `now` and return the request.
     fn poll(source: &mut NtpSource, now: LocalTime, random: u64) -> [u8; 48] {
         let mut out = [0u8; 48];
-        assert_eq!(source.poll(now, random, &mut out), Some(48));
+        assert_eq!(source.poll(now, [random, !random], &mut out), Some(48));
         out
     }
 
@@ -1180,7 +1302,7 @@ mod tests {
             assert!(!source.reachable());
             assert_eq!(source.next_poll(), LocalTime(i64::MAX));
             let mut out = [0u8; 48];
-            assert_eq!(source.poll(now.add_seconds(64.0), 3, &mut out), None);
+            assert_eq!(source.poll(now.add_seconds(64.0), [3, 4], &mut out), None);
             assert_eq!(source.counters().packets_sent, 2);
         }
     }
@@ -1390,5 +1512,155 @@ mod tests {
         poll(&mut source, START, 1);
         source.apply_step(-10.0);
         assert_eq!(source.next_poll(), START.add_seconds(54.0));
+    }
+
+    /// A server that answers interleaved requests as chronyd and strata do: its
+    /// transmit timestamp is a clock read `lag_s` before the datagram really leaves;
+    /// the real departure goes out in the next interleaved reply.
+    struct InterleavedServer {
+        server: Server,
+        lag_s: f64,
+        /// (its receive timestamp of the request, the real departure of its reply).
+        saved: Option<(NtpTimestamp, NtpTimestamp)>,
+    }
+
+    impl InterleavedServer {
+        fn new(offset_s: f64, delay_s: f64, lag_s: f64) -> InterleavedServer {
+            InterleavedServer { server: Server::new(offset_s, delay_s), lag_s, saved: None }
+        }
+
+        /// The reply to `request` sent at local `t1` (the real departure), and T4.
+        fn reply(&mut self, request: &[u8; 48], t1: LocalTime) -> ([u8; 48], LocalTime) {
+            let (mut out, t4) = self.server.reply(request, t1);
+            let request = Packet::parse(request).unwrap().header;
+            let mut header = Packet::parse(&out).unwrap().header;
+            // The reply leaves when the basic timestamp says, plus the lag.
+            let really_sent = NtpTimestamp::from_unix_ns(
+                LocalTime(header.transmit_ts.to_unix_ns_near(t1.0)).add_seconds(self.lag_s).0,
+            );
+            let t4 = t4.add_seconds(self.lag_s);
+            let interleaved = request.receive_ts != request.transmit_ts && !request.origin_ts.is_zero();
+            match self.saved {
+                Some((receive, sent)) if interleaved && receive == request.origin_ts => {
+                    header.origin_ts = request.receive_ts;
+                    header.transmit_ts = sent;
+                }
+                _ => {}
+            }
+            self.saved = Some((header.receive_ts, really_sent));
+            header.serialize(&mut out);
+            (out, t4)
+        }
+    }
+
+    fn xleave() -> ServerOptions {
+        ServerOptions { xleave: true, ..options() }
+    }
+
+    fn poll2(source: &mut NtpSource, now: LocalTime, random: u64) -> [u8; 48] {
+        let mut out = [0u8; 48];
+        assert_eq!(source.poll(now, [random, random.rotate_left(17) ^ 0x5a5a], &mut out), Some(48));
+        out
+    }
+
+    #[test]
+    fn interleaved_samples_carry_the_servers_real_transmit_time() {
+        // The server's transmit timestamp is 40 µs early: a basic sample is off by 20 µs.
+        let (offset_s, delay_s, lag_s) = (0.25, 0.002, 0.000_040);
+        let mut server = InterleavedServer::new(offset_s, delay_s, lag_s);
+        let mut source = NtpSource::new(SourceId(1), xleave(), START, 0);
+        let mut now = START;
+        let mut samples = Vec::new();
+        for i in 0..4u64 {
+            let request = poll2(&mut source, now, 100 + i);
+            let header = Packet::parse(&request).unwrap().header;
+            if i == 0 {
+                assert!(header.origin_ts.is_zero() && header.receive_ts.is_zero(), "nothing to interleave yet");
+            } else {
+                assert!(!header.origin_ts.is_zero() && header.receive_ts != header.transmit_ts, "{header:?}");
+            }
+            let (reply, t4) = server.reply(&request, now);
+            samples.push((expect_sample(source.handle_response(&reply, t4)), source.last_interleaved()));
+            now = now.add_seconds(16.0);
+        }
+        let (basic, interleaved) = (samples[0].0, samples[1].0);
+        assert!(!samples[0].1 && samples.iter().skip(1).all(|(_, x)| *x), "{samples:?}");
+        assert!((basic.offset_s - offset_s + lag_s / 2.0).abs() < 1e-8, "basic: {basic:?}");
+        assert!((interleaved.offset_s - offset_s).abs() < 1e-8, "interleaved: {interleaved:?}");
+        assert!((interleaved.delay_s - delay_s).abs() < 1e-8, "{interleaved:?}");
+        // The interleaved sample measures the previous exchange: it is one poll old.
+        assert!((samples[1].0.time.seconds_since(basic.time)).abs() < 1e-6, "{samples:?}");
+    }
+
+    #[test]
+    fn a_basic_client_and_a_lost_reply_send_basic_requests() {
+        let mut server = InterleavedServer::new(0.0, 0.001, 0.000_040);
+        let mut basic = NtpSource::new(SourceId(1), options(), START, 0);
+        for i in 0..3u64 {
+            let now = START.add_seconds(16.0 * i as f64);
+            let request = poll2(&mut basic, now, 7 + i);
+            let header = Packet::parse(&request).unwrap().header;
+            assert!(header.origin_ts.is_zero() && header.receive_ts.is_zero());
+            let (reply, t4) = server.reply(&request, now);
+            expect_sample(basic.handle_response(&reply, t4));
+            assert!(!basic.last_interleaved());
+        }
+        let mut source = NtpSource::new(SourceId(2), xleave(), START, 0);
+        let request = poll2(&mut source, START, 1);
+        let (reply, t4) = server.reply(&request, START);
+        expect_sample(source.handle_response(&reply, t4));
+        // The next request goes unanswered: the one after it starts afresh.
+        poll2(&mut source, START.add_seconds(16.0), 2);
+        let request = poll2(&mut source, START.add_seconds(32.0), 3);
+        let header = Packet::parse(&request).unwrap().header;
+        assert!(header.origin_ts.is_zero() && header.receive_ts.is_zero(), "{header:?}");
+    }
+
+    #[test]
+    fn an_interleaved_reply_whose_transmit_time_cannot_be_right_is_ignored() {
+        let mut server = InterleavedServer::new(0.0, 0.001, 0.000_040);
+        let mut source = NtpSource::new(SourceId(1), xleave(), START, 0);
+        let request = poll2(&mut source, START, 1);
+        let (reply, t4) = server.reply(&request, START);
+        expect_sample(source.handle_response(&reply, t4));
+        let now = START.add_seconds(16.0);
+        let request = poll2(&mut source, now, 2);
+        let (mut reply, t4) = server.reply(&request, now);
+        // A transmit time after this request's receive time: not the previous reply's.
+        let mut header = Packet::parse(&reply).unwrap().header;
+        header.transmit_ts = NtpTimestamp::from_unix_ns(now.add_seconds(1.0).0);
+        header.serialize(&mut reply);
+        assert_eq!(source.handle_response(&reply, t4), Response::Ignored(IgnoreReason::BadInterleaved));
+        // A reply echoing neither cookie is bogus, interleaved or not.
+        let request = poll2(&mut source, now.add_seconds(16.0), 3);
+        let (mut reply, t4) = server.reply(&request, now.add_seconds(16.0));
+        let mut header = Packet::parse(&reply).unwrap().header;
+        header.origin_ts = NtpTimestamp::from_bits(0x1234);
+        header.serialize(&mut reply);
+        assert_eq!(source.handle_response(&reply, t4), Response::Ignored(IgnoreReason::Bogus));
+    }
+
+    #[test]
+    fn the_kernels_transmit_timestamp_corrects_t1() {
+        // The clock was read 30 µs before the request really left.
+        let server = Server::new(0.1, 0.002);
+        let mut source = NtpSource::new(SourceId(1), options(), START, 0);
+        let read = START;
+        let left = START.add_seconds(0.000_030);
+        let request = poll2(&mut source, read, 5);
+        assert!(!source.kernel_tx());
+        source.transmitted(left);
+        assert!(source.kernel_tx());
+        let (reply, t4) = server.reply(&request, left);
+        let sample = expect_sample(source.handle_response(&reply, t4));
+        assert!((sample.offset_s - 0.1).abs() < 1e-8, "{sample:?}");
+        // One from before the read or a second later is not this request's.
+        let request = poll2(&mut source, START.add_seconds(16.0), 6);
+        source.transmitted(START.add_seconds(15.0));
+        source.transmitted(START.add_seconds(17.5));
+        assert!(!source.kernel_tx());
+        let (reply, t4) = server.reply(&request, START.add_seconds(16.0));
+        let sample = expect_sample(source.handle_response(&reply, t4));
+        assert!((sample.offset_s - 0.1).abs() < 1e-8, "{sample:?}");
     }
 }

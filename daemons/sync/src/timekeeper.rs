@@ -237,11 +237,19 @@ impl Timekeeper {
                 continue;
             }
             let mut packet = [0u8; 48];
-            if let Some(len) = u.source.poll(clock, random(), &mut packet) {
+            if let Some(len) = u.source.poll(clock, [random(), random()], &mut packet) {
                 actions.push(Action::Send { source: u.source.id(), packet, len });
             }
         }
         actions
+    }
+
+    /// The kernel's transmit timestamp of `source`'s latest request, on the
+    /// disciplined clock: its true T1 (see [`NtpSource::transmitted`]).
+    pub fn handle_transmit_timestamp(&mut self, source: SourceId, sent: LocalTime) {
+        if let Some(u) = self.upstreams.iter_mut().find(|u| u.source.id() == source) {
+            u.source.transmitted(sent);
+        }
     }
 
     /// A datagram from upstream `source`'s server, received at `receive_time` on the
@@ -696,6 +704,10 @@ impl Timekeeper {
                 noselect: options.noselect,
                 online: u.online,
                 added: u.added,
+                interleaved: u.source.last_interleaved(),
+                kernel_tx: u.source.kernel_tx(),
+                // The driver knows where its receive timestamps came from.
+                kernel_rx: false,
             });
         }
         for (i, r) in self.refclocks.iter().enumerate() {
@@ -796,6 +808,7 @@ pub fn server_options(u: &UpstreamSettings) -> ServerOptions {
         select: SelectOptions { prefer: u.prefer, noselect: u.noselect, trust: u.trust, require: u.require },
         max_delay_s: u.max_delay_s,
         version: u.version,
+        xleave: u.xleave,
     }
 }
 
@@ -827,6 +840,7 @@ mod tests {
             require: false,
             max_delay_s: 3.0,
             version: 4,
+            xleave: false,
         }
     }
 

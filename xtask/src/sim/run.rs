@@ -139,6 +139,7 @@ pub fn run(scenario: &Scenario, seed: u64, trace: bool) -> Result<Outcome, Strin
                 require: false,
                 max_delay_s: 3.0,
                 version: 4,
+                xleave: false,
             })
             .collect(),
         makestep: Some((1.0, 3)),
