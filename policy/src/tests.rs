@@ -74,6 +74,11 @@ fn the_engine_creates_udp_sockets_only_and_the_control_plane_no_executable_memor
     assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [2, 1 | 0o2000000, 0, 0, 0, 0]), RET_KILL_PROCESS);
     assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [2, 3, 1, 0, 0, 0]), RET_KILL_PROCESS);
     assert_eq!(run(NTP.program, AUDIT_ARCH, socket, [16, udp, 0, 0, 0, 0]), RET_KILL_PROCESS);
+    // Of the socket options, only the two that ask for kernel timestamps on an added upstream.
+    let setsockopt = nr(&NTP, "setsockopt");
+    for (option, verdict) in [(35, RET_ALLOW), (37, RET_ALLOW), (2, RET_KILL_PROCESS), (25, RET_KILL_PROCESS)] {
+        assert_eq!(run(NTP.program, AUDIT_ARCH, setsockopt, [3, 1, option, 0, 0, 0]), verdict, "SOL_SOCKET {option}");
+    }
     let mprotect = nr(&CONTROL, "mprotect");
     assert_eq!(run(CONTROL.program, AUDIT_ARCH, mprotect, [0, 4096, 3, 0, 0, 0]), RET_ALLOW);
     assert_eq!(run(CONTROL.program, AUDIT_ARCH, mprotect, [0, 4096, 5, 0, 0, 0]), RET_KILL_PROCESS);
