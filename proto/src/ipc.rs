@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::ntp::LeapIndicator;
 
 /// Bumped whenever any enum below changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Exit status of a child that must not be re-spawned (the adjuster's panic
 /// threshold): the supervisor raises an alarm instead.
@@ -299,6 +299,8 @@ pub enum LogRecord {
         dispersion_s: f64,
         root_delay_s: f64,
         root_dispersion_s: f64,
+        /// An interleaved exchange (chrony's measurements.log mode "I"), else basic.
+        interleaved: bool,
     },
     /// A source's filtered estimate after the sample.
     Statistics { time_unix_ns: i64, source: SocketAddr, offset_s: f64, jitter_s: f64, dispersion_s: f64, reach: u8 },
@@ -804,6 +806,7 @@ pub struct AddSource {
     pub prefer: bool,
     pub minpoll: Option<i8>,
     pub maxpoll: Option<i8>,
+    pub xleave: bool,
 }
 channel!(ControlToEngine: Control -> Ntp);
 

@@ -126,18 +126,19 @@ fn with_xleave_strata_polls_chronyd_in_interleaved_mode() {
 }
 
 #[test]
-fn with_xleave_strata_polls_another_strata_in_interleaved_mode() {
+fn a_server_added_with_xleave_is_polled_in_interleaved_mode_by_another_strata() {
     if !require_root("xleave against strata") {
         return;
     }
     let upstream = Appliance::start("xleave-upstream", "");
     let port = free_udp_port();
-    let server = format!(
-        "listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n\n\
-         [[upstream]]\naddress = \"127.0.0.1:{}\"\niburst = true\nminpoll = -2\nmaxpoll = -2\nxleave = true\n",
-        upstream.ntp_port
-    );
+    let server = format!("listen = [\"127.0.0.1:{port}\"]\naccess = [\"allow 127.0.0.0/8\"]\n");
     let appliance = Appliance::start_custom("xleave-downstream", "", Some(&server), None);
+    // Added by an operator: the engine opens this socket inside its sandbox.
+    let address = format!("127.0.0.1:{}", upstream.ntp_port);
+    let args = ["add", "server", &address, "--xleave", "--iburst", "--minpoll", "-2", "--maxpoll", "-2"];
+    let (ok, out) = appliance.stratactl(&args);
+    assert!(ok, "{out}");
     ntpdata_once(&appliance, &["Interleaved     : Yes", "TX timestamping : Kernel"]);
     let (ok, stats) = upstream.stratactl(&["serverstats"]);
     assert!(ok, "{stats}");
@@ -294,7 +295,7 @@ fn statistics_logs_have_headers_stable_columns_and_survive_logrotate() {
     strata_tests::wait_for("log lines", Duration::from_secs(15), || {
         ["measurements.log", "statistics.log", "tracking.log"].iter().all(|f| lines(f).len() >= 6).then_some(())
     });
-    for (file, columns) in [("measurements.log", 10), ("statistics.log", 7), ("tracking.log", 10)] {
+    for (file, columns) in [("measurements.log", 11), ("statistics.log", 7), ("tracking.log", 10)] {
         let l = lines(file);
         assert!(l[0].starts_with("====") && l[1].contains("Date (UTC) Time") && l[2].starts_with("===="), "{file}");
         for line in &l[3..] {
@@ -309,5 +310,5 @@ fn statistics_logs_have_headers_stable_columns_and_survive_logrotate() {
     });
     assert!(lines("measurements.log")[1].contains("Date (UTC) Time"));
     let rotated = lines("measurements.log.1");
-    assert!(rotated.len() >= 6 && rotated[3..].iter().all(|l| l.split_whitespace().count() == 10));
+    assert!(rotated.len() >= 6 && rotated[3..].iter().all(|l| l.split_whitespace().count() == 11));
 }

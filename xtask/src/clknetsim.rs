@@ -60,6 +60,9 @@ struct Scenario {
     servers: Vec<Server>,
     /// minpoll = maxpoll for every server.
     poll: i8,
+    /// `xleave` on every server line: interleaved mode, and the run fails unless
+    /// node 1 had interleaved exchanges (its measurements say which were).
+    xleave: bool,
     /// node 1's clock error at the start, seconds (local − true).
     start_offset_s: f64,
     /// node 1's frequency expression.
@@ -80,6 +83,7 @@ fn base(name: &'static str, about: &'static str, servers: Vec<Server>, poll: i8)
         about,
         servers,
         poll,
+        xleave: false,
         start_offset_s: 0.010,
         frequency: CRYSTAL.into(),
         chrony: "makestep 1 3".into(),
@@ -131,6 +135,11 @@ fn scenarios() -> Vec<Scenario> {
             ..base("wander", "the lan, frequency a random walk of 0.02 ppm/√s, poll 6", lan3.clone(), 6)
         },
         Scenario { guarded: true, ..base("single-server", "one LAN server, poll 6", vec![Server::lan()], 6) },
+        Scenario {
+            xleave: true,
+            guarded: true,
+            ..base("xleave", "the lan in interleaved mode (server ... xleave), poll 4", lan3.clone(), 4)
+        },
         base("lossy", "3 LAN servers, 30 % of requests lost, poll 4", vec![lossy; 3], 4),
         Scenario {
             guarded: true,
@@ -417,7 +426,8 @@ fn world(s: &Scenario) -> String {
 fn client_chrony_conf(s: &Scenario) -> String {
     let mut conf = String::new();
     for i in 0..s.servers.len() {
-        let _ = writeln!(conf, "server 192.168.123.{} minpoll {} maxpoll {}", i + 2, s.poll, s.poll);
+        let xleave = if s.xleave { " xleave" } else { "" };
+        let _ = writeln!(conf, "server 192.168.123.{} minpoll {} maxpoll {}{xleave}", i + 2, s.poll, s.poll);
     }
     conf + &s.chrony + "\n"
 }
@@ -453,7 +463,7 @@ fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, seed: u
             // No command socket (chronyd would try /run/chrony), no driftfile; its
             // statistics, tracking and refclocks logs in the run's directory, to hold
             // against strata-simnode's --trace.
-            let logs = "log statistics tracking refclocks";
+            let logs = "log measurements statistics tracking refclocks";
             let head = format!("pidfile {0}/client.pid\ncmdport 0\nlogdir {0}\n{logs}\n", dir.display());
             write(&conf, &format!("{head}{client_conf}"))?;
             spawn(1, &tools.chronyd, &["-d", "-f", conf.to_str().unwrap_or_default()], "log.1")?
@@ -471,7 +481,9 @@ fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, seed: u
                 return Err(format!("strata import-chrony: {}", String::from_utf8_lossy(&import.stderr)));
             }
             let config = toml.to_str().unwrap_or_default();
-            let args: &[&str] = if trace { &["--config", config, "--trace"] } else { &["--config", config] };
+            // The trace's measurement lines say which exchanges were interleaved.
+            let args: &[&str] =
+                if trace || s.xleave { &["--config", config, "--trace"] } else { &["--config", config] };
             spawn(1, &tools.simnode, args, "log.1")?
         }
     };
@@ -535,6 +547,21 @@ fn run_scenario(tools: &Tools, s: &Scenario, daemon: Daemon, hours: f64, seed: u
         Daemon::Chronyd => (count("System clock was stepped by"), 0),
         Daemon::Strata => (count("stepped the clock"), count("refused:")),
     };
+    if s.xleave {
+        let interleaved = match daemon {
+            // chronyd's measurements.log: mode and interleaving ("4I") before the
+            // transmit and receive timestamp sources.
+            Daemon::Chronyd => std::fs::read_to_string(dir.join("measurements.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.split_whitespace().rev().nth(2) == Some("4I"))
+                .count() as u32,
+            Daemon::Strata => count(" measurement ") - count(" basic"),
+        };
+        if interleaved == 0 {
+            return Err(failed("xleave, but not one interleaved exchange".into()));
+        }
+    }
     Ok(figures)
 }
 

@@ -218,6 +218,7 @@ impl Admin for Api {
             prefer: r.prefer,
             minpoll: poll(r.minpoll)?,
             maxpoll: poll(r.maxpoll)?,
+            xleave: r.xleave,
         };
         let kind = CommandKind::Engine(ControlToEngine::AddSource(add));
         self.command(&who, "add server", kind, tonic::Code::FailedPrecondition).await

@@ -205,7 +205,7 @@ impl Timekeeping {
             require: false,
             max_delay_s: 3.0,
             version: 4,
-            xleave: false,
+            xleave: add.xleave,
         };
         // The socket first: a source that cannot have one is not added.
         let socket = connected_socket(add.address, self.shared.kernel_tx_timestamps)?;

@@ -221,8 +221,10 @@ impl Node {
             let t4 = LocalTime(system_now_ns());
             let from = SocketAddr::V4(from.into());
             let Some(&(source, _)) = self.upstreams.iter().find(|(_, a)| *a == from) else { continue };
-            if let Ok(actions) = self.system.handle_packet(source, &buf[..len], t4, self.now()) {
-                self.carry_out(actions);
+            match self.system.handle_packet(source, &buf[..len], t4, self.now()) {
+                Ok(actions) => self.carry_out(actions),
+                Err(why) if self.trace => eprintln!("trace {} ignored {from} {why:?}", t4.0),
+                Err(_) => {}
             }
         }
     }
@@ -317,10 +319,12 @@ impl Node {
                     offset_s,
                     delay_s,
                     dispersion_s,
+                    interleaved,
                     ..
                 }) if self.trace => {
+                    let mode = if interleaved { "interleaved" } else { "basic" };
                     eprintln!(
-                        "trace {time_unix_ns} measurement {source} offset {offset_s:.9} delay {delay_s:.9} dispersion {dispersion_s:.9}"
+                        "trace {time_unix_ns} measurement {source} offset {offset_s:.9} delay {delay_s:.9} dispersion {dispersion_s:.9} {mode}"
                     );
                 }
                 Action::Failover(f) => info!(from = %f.from, to = %f.to, "selected a new system peer"),

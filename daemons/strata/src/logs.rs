@@ -29,7 +29,7 @@ fn file_name(kind: LogKind) -> &'static str {
 fn header(kind: LogKind) -> &'static str {
     match kind {
         LogKind::Measurements => {
-            "   Date (UTC) Time     IP Address                      L St      Offset   Peer del.  Peer disp.   Root del.  Root disp."
+            "   Date (UTC) Time     IP Address                      L St      Offset   Peer del.  Peer disp.   Root del.  Root disp. M"
         }
         LogKind::Statistics => {
             "   Date (UTC) Time     IP Address                          Offset      Jitter  Dispersion Reach"
@@ -103,11 +103,12 @@ fn format(record: &LogRecord) -> Option<(LogKind, String)> {
             dispersion_s,
             root_delay_s,
             root_dispersion_s,
+            interleaved,
         } => finite(&[offset_s, delay_s, dispersion_s, root_delay_s, root_dispersion_s]).then(|| {
             (
                 LogKind::Measurements,
                 format!(
-                    "{} {:<31} {} {:2} {:11.4e} {:11.4e} {:11.4e} {:11.4e} {:11.4e}",
+                    "{} {:<31} {} {:2} {:11.4e} {:11.4e} {:11.4e} {:11.4e} {:11.4e} {}",
                     date_time(time_unix_ns),
                     source.ip(),
                     leap_letter(leap),
@@ -116,7 +117,8 @@ fn format(record: &LogRecord) -> Option<(LogKind, String)> {
                     delay_s,
                     dispersion_s,
                     root_delay_s,
-                    root_dispersion_s
+                    root_dispersion_s,
+                    if interleaved { 'I' } else { 'B' }
                 ),
             )
         }),
@@ -192,6 +194,7 @@ mod tests {
             dispersion_s: 1.2e-6,
             root_delay_s: 0.0,
             root_dispersion_s: 0.0,
+            interleaved: false,
         }
     }
 
@@ -232,7 +235,7 @@ mod tests {
         assert!(!dir.join("statistics.log").exists());
         // Stable columns: every data line has the same number of fields.
         let fields: Vec<usize> = old.lines().skip(3).map(|l| l.split_whitespace().count()).collect();
-        assert!(fields.iter().all(|&n| n == 10), "{fields:?}");
+        assert!(fields.iter().all(|&n| n == 11), "{fields:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -146,6 +146,9 @@ pub enum AddKind {
         /// Longest poll interval, log2 seconds (default 10).
         #[arg(long, value_name = "N", allow_negative_numbers = true)]
         maxpoll: Option<i32>,
+        /// Interleaved mode: the server's kernel transmit timestamps, one exchange late.
+        #[arg(long)]
+        xleave: bool,
     },
 }
 
@@ -217,7 +220,8 @@ mod tests {
 
     #[test]
     fn add_server_takes_chrony_options() {
-        let cli = parse(&["add", "server", "192.0.2.1", "--iburst", "--minpoll", "-2", "--maxpoll", "4"]).unwrap();
+        let cli = parse(&["add", "server", "192.0.2.1", "--iburst", "--minpoll", "-2", "--maxpoll", "4", "--xleave"])
+            .unwrap();
         assert_eq!(
             cli.verb,
             Verb::Add {
@@ -226,7 +230,8 @@ mod tests {
                     iburst: true,
                     prefer: false,
                     minpoll: Some(-2),
-                    maxpoll: Some(4)
+                    maxpoll: Some(4),
+                    xleave: true,
                 }
             }
         );

@@ -235,13 +235,14 @@ pub async fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Verb::Watch => return watch(&appliance, &mut monitor, verb, format).await,
         Verb::Makestep => admin_reply(format, &appliance.call(verb, limit, admin.make_step(MakeStepRequest {})).await?),
-        Verb::Add { kind: AddKind::Server { address, iburst, prefer, minpoll, maxpoll } } => {
+        Verb::Add { kind: AddKind::Server { address, iburst, prefer, minpoll, maxpoll, xleave } } => {
             let request = AddSourceRequest {
                 address: address.clone(),
                 iburst: *iburst,
                 prefer: *prefer,
                 minpoll: minpoll.unwrap_or(0),
                 maxpoll: maxpoll.unwrap_or(0),
+                xleave: *xleave,
             };
             admin_reply(format, &appliance.call(verb, limit, admin.add_source(request)).await?)
         }

@@ -292,14 +292,21 @@ fn a_socket_nobody_listens_on_is_unreachable() {
 fn add_server_sends_the_options_and_prints_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let (socket, fake) = start_fake(dir.path());
-    let out = stratactl(&socket, &["add", "server", "192.0.2.7", "--iburst", "--maxpoll", "8"]);
+    let out = stratactl(&socket, &["add", "server", "192.0.2.7", "--iburst", "--maxpoll", "8", "--xleave"]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "added server 192.0.2.7\n");
     let added = fake.added.lock().unwrap();
     assert_eq!(added.len(), 1);
     assert_eq!(
-        (added[0].address.as_str(), added[0].iburst, added[0].prefer, added[0].minpoll, added[0].maxpoll),
-        ("192.0.2.7", true, false, 0, 8)
+        (
+            added[0].address.as_str(),
+            added[0].iburst,
+            added[0].prefer,
+            added[0].minpoll,
+            added[0].maxpoll,
+            added[0].xleave
+        ),
+        ("192.0.2.7", true, false, 0, 8, true)
     );
 }
 

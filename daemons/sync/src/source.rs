@@ -45,8 +45,9 @@
 //! - Reply: origin = transmit cookie: basic, measured as above. Origin = receive
 //!   cookie: interleaved; T1, T2 and T4 are the previous exchange's, T3 is this
 //!   reply's transmit timestamp, which must lie between the previous and this reply's
-//!   receive timestamps (the server sent the previous reply in between), else the
-//!   reply is ignored as [`IgnoreReason::BadInterleaved`]. The sample is one poll
+//!   receive timestamps (the server sent the previous reply in between; give or take
+//!   the server's precision), else the reply is ignored as
+//!   [`IgnoreReason::BadInterleaved`]. The sample is one poll
 //!   old: its time is the previous exchange's middle.
 //! - T1 is the caller's clock read before the send until the kernel's transmit
 //!   timestamp arrives ([`NtpSource::transmitted`]); that improves basic samples too
@@ -698,7 +699,11 @@ impl NtpSource {
         let t4_ns = i128::from(t4.0);
         if completes.is_some() {
             let this_t2_ns = i128::from(header.receive_ts.to_unix_ns_near(t1.0));
-            if !(t2_ns..=this_t2_ns).contains(&t3_ns) {
+            // Two reads of a clock of the server's precision may come out of order by
+            // up to that much (chronyd fills the bits below it at random): a server as
+            // fast as its precision, such as clknetsim's, is not misbehaving.
+            let precision_ns = (2f64.powi(i32::from(header.precision_log2)) * NS_PER_S).ceil() as i128;
+            if !(t2_ns - precision_ns..=this_t2_ns + precision_ns).contains(&t3_ns) {
                 return Response::Ignored(BadInterleaved);
             }
         }
@@ -1614,6 +1619,32 @@ mod tests {
         let request = poll2(&mut source, START.add_seconds(32.0), 3);
         let header = Packet::parse(&request).unwrap().header;
         assert!(header.origin_ts.is_zero() && header.receive_ts.is_zero(), "{header:?}");
+    }
+
+    #[test]
+    fn a_server_as_fast_as_its_precision_may_stamp_its_reply_before_the_request() {
+        // The previous reply's transmit time 500 ns before the previous request's
+        // receive time: within a server precision of 2^-20 s (954 ns), but not 5 µs.
+        for (before_s, accepted) in [(500e-9, true), (5e-6, false)] {
+            let mut server = InterleavedServer::new(0.0, 0.001, 0.0);
+            let mut source = NtpSource::new(SourceId(1), xleave(), START, 0);
+            let request = poll2(&mut source, START, 1);
+            let (reply, t4) = server.reply(&request, START);
+            let first = Packet::parse(&reply).unwrap().header;
+            expect_sample(source.handle_response(&reply, t4));
+            let now = START.add_seconds(16.0);
+            let request = poll2(&mut source, now, 2);
+            let (mut reply, t4) = server.reply(&request, now);
+            let mut header = Packet::parse(&reply).unwrap().header;
+            header.precision_log2 = -20;
+            let received = LocalTime(first.receive_ts.to_unix_ns_near(START.0));
+            header.transmit_ts = NtpTimestamp::from_unix_ns(received.add_seconds(-before_s).0);
+            header.serialize(&mut reply);
+            match source.handle_response(&reply, t4) {
+                Response::Sample(_) => assert!(accepted && source.last_interleaved(), "{before_s} s before"),
+                other => assert!(!accepted && other == Response::Ignored(IgnoreReason::BadInterleaved), "{other:?}"),
+            }
+        }
     }
 
     #[test]

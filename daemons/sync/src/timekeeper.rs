@@ -288,6 +288,7 @@ impl Timekeeper {
                 dispersion_s: sample.dispersion_s,
                 root_delay_s: sample.root_delay_s,
                 root_dispersion_s: sample.root_dispersion_s,
+                interleaved: u.source.last_interleaved(),
             }));
             // The regression's view, as chrony's statistics.log has it.
             if let Some(e) = u.filter.estimate_in_frame(receive_time, self.discipline.phase_correction_s(receive_time))
