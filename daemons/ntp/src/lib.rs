@@ -5,6 +5,7 @@
 
 mod clientlog;
 mod interleave;
+mod send_delay;
 mod server;
 mod timekeeping;
 mod workers;

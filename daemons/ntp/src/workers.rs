@@ -1,8 +1,11 @@
 //! The serving threads. Each owns one SO_REUSEPORT socket and answers in
 //! batches: a blocking `recvmmsg` (MSG_WAITFORONE: wake for the first request,
 //! take all that are queued) → [`server::respond`] → `sendmmsg`. T2 is the
-//! kernel's receive timestamp (SO_TIMESTAMPING, software), T3 one clock read just
-//! before `sendmmsg`. The kernel's transmit timestamp of each answer to an
+//! kernel's receive timestamp (SO_TIMESTAMPING, software); the answers go out in
+//! chunks of [`SEND_CHUNK`], each stamped with its own clock read just before its
+//! `sendmmsg`, plus the delay the kernel's transmit timestamps have shown between
+//! such a read and the datagram leaving ([`crate::send_delay`]). The kernel's
+//! transmit timestamp of each answer to an
 //! interleaved request is read back from the socket's error queue after the send
 //! (OPT_ID numbers the datagrams, OPT_TSONLY leaves the payload out) and handed to
 //! the client in its next exchange ([`crate::interleave`]). Buffers are allocated
@@ -31,6 +34,7 @@ use tracing::warn;
 
 use crate::clientlog::{ClientLog, RateLimit, Verdict};
 use crate::interleave::{self, TimestampSource, TxTimestamps};
+use crate::send_delay::SendDelay;
 use crate::server::{self, ServerState};
 
 /// The client log is split in shards by address, each behind its own lock, so that
@@ -49,6 +53,16 @@ const TX_TIMESTAMPS_SHARE: usize = 2;
 /// Answers to interleaved requests whose kernel transmit timestamp is still awaited,
 /// per thread; older ones are given up.
 const PENDING_TX: usize = 4 * BATCH;
+
+/// Chunks sent whose position delays are still being read back.
+const SENT_BATCHES: usize = PENDING_TX;
+
+/// Answers sent per `sendmmsg`, each chunk stamped with its own clock read. One:
+/// the k-th answer of a longer chunk leaves after k others' trip through the stack,
+/// and that spread was most of the basic-mode transmit error (ntpperf: standard
+/// deviation up to 25 µs with 32, 0.9–2.6 µs with 1); a syscall per answer still
+/// serves 300 000/s loss-free on this 2-core machine (BENCHMARKS.md).
+const SEND_CHUNK: usize = 1;
 
 /// Requests taken from the kernel per `recvmmsg`.
 const BATCH: usize = 32;
@@ -320,6 +334,10 @@ struct Worker {
     next_tx_id: u32,
     /// (OPT_ID, receive timestamp saved) of answers awaiting their kernel timestamp.
     pending_tx: std::collections::VecDeque<(u32, NtpTimestamp)>,
+    /// (OPT_ID of the first datagram, datagrams, the clock read, system ns) of the
+    /// last batches sent, to learn each position's delay from.
+    sent_batches: std::collections::VecDeque<(u32, u32, i64)>,
+    send_delay: SendDelay<SEND_CHUNK>,
     /// For the error queue's messages: the timestamps and the extended error.
     errqueue_cmsgs: Vec<u8>,
     recv_headers: MultiHeaders<SockaddrStorage>,
@@ -344,6 +362,8 @@ impl Worker {
             saves: Box::new([(None, false); BATCH]),
             next_tx_id: 0,
             pending_tx: std::collections::VecDeque::with_capacity(PENDING_TX),
+            sent_batches: std::collections::VecDeque::with_capacity(SENT_BATCHES),
+            send_delay: SendDelay::new(),
             errqueue_cmsgs: nix::cmsg_space!([TimeSpec; 3], nix::libc::sock_extended_err, nix::libc::sockaddr_in6),
             recv_headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!([TimeSpec; 3]))),
             send_headers: MultiHeaders::preallocate(BATCH, None),
@@ -464,51 +484,71 @@ impl Worker {
                 }
             }
         }
-        if replies > 0 {
-            let t3 = interleave::mark_transmit(shifted(system_now_ns(), clock_offset_s));
-            for (reply, (save, interleaved)) in self.replies[..replies].iter_mut().zip(self.saves.iter()) {
-                if !interleaved {
-                    reply[40..48].copy_from_slice(&t3.to_bits().to_be_bytes());
-                }
-                if let Some(receive) = save {
-                    // The daemon's time until the kernel's arrives.
-                    self.shared.tx_timestamps(*receive).save(*receive, t3, TimestampSource::Daemon);
-                }
-            }
-            let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| [IoSlice::new(&self.replies[k])]);
-            let no_cmsgs: [ControlMessage<'_>; 0] = [];
-            match sendmmsg(
-                fd,
-                &mut self.send_headers,
-                iovs[..replies].iter(),
-                &self.destinations[..replies],
-                no_cmsgs,
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(results) => {
-                    let sent = results.count();
-                    for (k, (save, _)) in self.saves[..sent].iter().enumerate() {
-                        if let Some(receive) = save {
-                            if self.pending_tx.len() == PENDING_TX {
-                                self.pending_tx.pop_front();
-                            }
-                            self.pending_tx.push_back((self.next_tx_id.wrapping_add(k as u32), *receive));
-                        }
-                    }
-                    self.next_tx_id = self.next_tx_id.wrapping_add(sent as u32);
-                    let interleaved = self.saves[..sent].iter().filter(|(_, interleaved)| *interleaved).count();
-                    counters.interleaved.fetch_add(interleaved as u64, Ordering::Relaxed);
-                    counters.kod_sent.fetch_add(kods.min(sent) as u64, Ordering::Relaxed);
-                    counters.answered.fetch_add(sent.saturating_sub(kods) as u64, Ordering::Relaxed);
-                    counters.send_failed.fetch_add((replies - sent) as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    counters.send_failed.fetch_add(replies as u64, Ordering::Relaxed);
-                    warn!(thread = self.index, "sendmmsg: {e}");
-                }
+        let mut sent = 0;
+        while sent < replies {
+            let chunk = sent..(sent + SEND_CHUNK).min(replies);
+            let wanted = chunk.len();
+            let went = self.send_chunk(chunk, clock_offset_s);
+            sent += went;
+            if went < wanted {
+                break; // the socket's buffer is full: the rest would fail too
             }
         }
+        counters.send_failed.fetch_add((replies - sent) as u64, Ordering::Relaxed);
+        counters.kod_sent.fetch_add(kods.min(sent) as u64, Ordering::Relaxed);
+        counters.answered.fetch_add(sent.saturating_sub(kods) as u64, Ordering::Relaxed);
         self.read_tx_timestamps(clock_offset_s);
+    }
+
+    /// Stamp and send the answers `chunk` of this batch; returns how many went out.
+    fn send_chunk(&mut self, chunk: std::ops::Range<usize>, clock_offset_s: f64) -> usize {
+        let counters = &self.shared.counters[self.index];
+        let read_ns = system_now_ns();
+        for (k, i) in chunk.clone().enumerate() {
+            let t3 = interleave::mark_transmit(shifted(read_ns + self.send_delay.predict(k), clock_offset_s));
+            let (save, interleaved) = self.saves[i];
+            if !interleaved {
+                self.replies[i][40..48].copy_from_slice(&t3.to_bits().to_be_bytes());
+            }
+            if let Some(receive) = save {
+                // The daemon's time until the kernel's arrives.
+                self.shared.tx_timestamps(receive).save(receive, t3, TimestampSource::Daemon);
+            }
+        }
+        let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| [IoSlice::new(&self.replies[k])]);
+        let no_cmsgs: [ControlMessage<'_>; 0] = [];
+        let sent = match sendmmsg(
+            self.socket.as_raw_fd(),
+            &mut self.send_headers,
+            iovs[chunk.clone()].iter(),
+            &self.destinations[chunk.clone()],
+            no_cmsgs,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(results) => results.count(),
+            Err(e) => {
+                warn!(thread = self.index, "sendmmsg: {e}");
+                0
+            }
+        };
+        for (k, (save, _)) in self.saves[chunk.start..chunk.start + sent].iter().enumerate() {
+            if let Some(receive) = save {
+                if self.pending_tx.len() == PENDING_TX {
+                    self.pending_tx.pop_front();
+                }
+                self.pending_tx.push_back((self.next_tx_id.wrapping_add(k as u32), *receive));
+            }
+        }
+        if self.shared.kernel_tx_timestamps && sent > 0 {
+            if self.sent_batches.len() == SENT_BATCHES {
+                self.sent_batches.pop_front();
+            }
+            self.sent_batches.push_back((self.next_tx_id, sent as u32, read_ns));
+        }
+        self.next_tx_id = self.next_tx_id.wrapping_add(sent as u32);
+        let interleaved = self.saves[chunk.start..chunk.start + sent].iter().filter(|(_, i)| *i).count();
+        counters.interleaved.fetch_add(interleaved as u64, Ordering::Relaxed);
+        sent
     }
 
     /// Read the kernel's transmit timestamps queued on the socket (every datagram
@@ -540,6 +580,17 @@ impl Worker {
             }
             let (Some(sent_ns), Some(id)) = (sent_ns, id) else { continue };
             counters.tx_kernel.fetch_add(1, Ordering::Relaxed);
+            while let Some(&(first, count, read_ns)) = self.sent_batches.front() {
+                let position = id.wrapping_sub(first);
+                if position as i32 >= 0 && position < count {
+                    self.send_delay.learn(position as usize, sent_ns - read_ns);
+                    break;
+                }
+                if (position as i32) < 0 {
+                    break; // a datagram older than every batch kept
+                }
+                self.sent_batches.pop_front();
+            }
             // Ids come back in sending order; an answer whose timestamp never came is given up.
             while let Some(&(pending, receive)) = self.pending_tx.front() {
                 if pending.wrapping_sub(id) as i32 > 0 {
