@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::ntp::LeapIndicator;
 
 /// Bumped whenever any enum below changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Exit status of a child that must not be re-spawned (the adjuster's panic
 /// threshold): the supervisor raises an alarm instead.
@@ -599,6 +599,11 @@ pub enum Resource {
     /// The PTP hardware clock the adjuster disciplines: read-write for the
     /// adjuster, read-only for the engine (which reads its time).
     PhcDevice { writable: bool },
+    /// The PHC of a network interface whose NIC stamps packets (`hwtimestamp`),
+    /// read-only: the engine maps the NIC's timestamps onto the system clock by
+    /// reading it. `receive`: the NIC stamps NTP requests too, not only answers;
+    /// the compensations are `txcomp` and `rxcomp` in ns.
+    NicClock { interface: String, if_index: u32, receive: bool, txcomp_ns: i64, rxcomp_ns: i64 },
     /// The datagram socket refclock number `refclock` receives SOCK samples on.
     SockSocket { refclock: u16 },
     /// The PTP hardware clock refclock number `refclock` reads (opened read-write:
@@ -944,6 +949,10 @@ pub struct ServerStats {
     pub rx_kernel: u64,
     /// The kernel's transmit timestamps read back after the send.
     pub tx_kernel: u64,
+    /// Requests stamped by the NIC (`hwtimestamp`; counted apart from `rx_kernel`).
+    pub rx_hardware: u64,
+    /// The NIC's transmit timestamps read back after the send.
+    pub tx_hardware: u64,
     /// Answers in interleaved mode (carrying the previous answer's transmit time).
     pub interleaved: u64,
     /// Answers whose transmit time is kept for the client's next interleaved request.

@@ -75,6 +75,37 @@ fn chronyd_in_interleaved_mode_gets_the_kernels_transmit_timestamps() {
 }
 
 #[test]
+fn hwtimestamp_without_a_nic_clock_is_reported_once_and_chronyd_is_served_in_software() {
+    if !require_tool("hwtimestamp fallback", "chronyd") || !require_root("hwtimestamp fallback") {
+        return;
+    }
+    // No NIC here stamps in hardware: the loopback has no PHC, the second name no
+    // device; `*` takes every other interface that can (none, silently).
+    let port = strata_tests::free_udp_port();
+    let server = format!(
+        "listen = [\"127.0.0.1:{port}\"]\nlocal-stratum = 1\naccess = [\"allow 127.0.0.0/8\"]\n\
+         hwtimestamp = [{{ interface = \"lo\" }}, {{ interface = \"strata-nonic0\" }}, {{ interface = \"*\" }}]\n"
+    );
+    let mut appliance = Appliance::start_custom("hwtimestamp-fallback", "", Some(&server), None);
+    let (ok, output, log) = strata_tests::chronyd_query_with(port, "iburst xleave maxsamples 6");
+    assert!(ok, "chronyd -Q failed:\n{output}");
+    assert!(strata_tests::chronyd_offset(&output).abs() < 1e-3, "{output}");
+    let modes: Vec<&str> =
+        log.lines().filter(|l| l.contains(" 127.0.0.1 ")).filter_map(|l| l.split_whitespace().rev().nth(2)).collect();
+    assert!(modes.iter().filter(|m| **m == "4I").count() >= 2, "modes {modes:?} in:\n{log}");
+    // A re-spawned engine gets the same (empty) set of NIC clocks, and nothing is
+    // reported again.
+    appliance.kill_and_wait_replacement("ntp");
+    let log = appliance.log();
+    let lo = "hwtimestamp lo: the NIC has no hardware timestamping with a PHC (see `ethtool -T lo`); served with \
+              software timestamps";
+    assert_eq!(log.matches(lo).count(), 1, "{log}");
+    let missing = "hwtimestamp strata-nonic0: reading its timestamping (ETHTOOL_GET_TS_INFO): No such device";
+    assert_eq!(log.matches(missing).count(), 1, "{log}");
+    assert!(!log.contains("hardware timestamping on"), "{log}");
+}
+
+#[test]
 fn ntpdig_takes_strata_for_a_stratum_1_server_within_a_millisecond() {
     if !require_tool("ntpdig interop", "ntpdig") || !require_root("ntpdig interop") {
         return;

@@ -53,10 +53,6 @@ fn unsupported_directive(directive: &str) -> &'static str {
         "mailonchange" => "strata sends no mail: alarms go to its log and to status.json",
         "rtcsync" => "strata does not turn on the kernel's RTC synchronisation (11-minute mode); the RTC is left alone",
         "rtcfile" | "rtcdevice" | "rtconutc" | "rtcautotrim" | "hwclockfile" => RTC,
-        "hwtimestamp" => {
-            "strata takes the kernel's software receive and transmit timestamps (SO_TIMESTAMPING); NIC hardware \
-             timestamping is not supported"
-        }
         "keyfile" => "strata has no symmetric-key NTP authentication, so no key file",
         "ntsserverkey" | "ntsservercert" | "ntsport" | "ntsprocesses" | "maxntsconnections" | "ntsdumpdir"
         | "ntsntpserver" | "ntsrotate" | "ntsratelimit" | "ntstrustedcerts" | "nosystemcert" | "nocerttimecheck"
@@ -187,6 +183,8 @@ struct Importer {
     local_stratum: Option<Item>,
     ratelimit: Option<Item>,
     client_log_limit: Option<Item>,
+    /// `hwtimestamp` lines, in order: each an element of `[server] hwtimestamp`.
+    hwtimestamp: Vec<Item>,
     /// `log` lines: the comment and the kinds strata writes.
     log_kinds: Vec<(String, Vec<String>)>,
     /// `logdir`: the comment and the directory.
@@ -323,6 +321,7 @@ impl Importer {
             }
             "local" => self.local(line),
             "ratelimit" => self.ratelimit(line),
+            "hwtimestamp" => self.hwtimestamp(line),
             "clientloglimit" => match line.args[..] {
                 [n] => match n.parse::<i64>().map_err(|_| format!("`{n}` is not a number")) {
                     Ok(bytes) => match ClientLogLimit::try_from(bytes) {
@@ -647,6 +646,68 @@ impl Importer {
         set(&mut self.ratelimit, item);
     }
 
+    /// `hwtimestamp INTERFACE [rxfilter F] [txcomp S] [rxcomp S] [...]`.
+    fn hwtimestamp(&mut self, line: &Line<'_>) {
+        use crate::{Compensation, InterfaceName};
+        let Some((&interface, options)) = line.args.split_first() else {
+            return self.invalid(line, "`hwtimestamp` needs an interface");
+        };
+        if let Err(why) = InterfaceName::try_from(interface.to_string()) {
+            return self.left_out(line, format!("strata: {why}"));
+        }
+        if self
+            .hwtimestamp
+            .iter()
+            .any(|item| item.toml.starts_with(&format!("{{ interface = {}", toml_string(interface))))
+        {
+            return self.left_out(line, format!("strata takes one line per interface; {interface} has one above"));
+        }
+        let mut toml = format!("{{ interface = {}", toml_string(interface));
+        let mut left_out = Vec::new();
+        let mut words = options.iter();
+        while let Some(&word) = words.next() {
+            let option = word.to_ascii_lowercase();
+            match option.as_str() {
+                "nocrossts" => left_out.push(
+                    "option `nocrossts`: strata reads the NIC's clock between two system clock reads anyway"
+                        .to_string(),
+                ),
+                "rxfilter" | "txcomp" | "rxcomp" | "minpoll" | "maxpoll" | "minsamples" | "maxsamples"
+                | "precision" => {
+                    let Some(&value) = words.next() else {
+                        return self.invalid(line, format!("`{option}` needs a value"));
+                    };
+                    match option.as_str() {
+                        "rxfilter" => {
+                            let filter = value.to_ascii_lowercase();
+                            if !matches!(filter.as_str(), "any" | "all" | "ntp" | "ptp" | "none") {
+                                return self.invalid(line, "the rxfilter is one of any, all, ntp, ptp, none");
+                            }
+                            toml.push_str(&format!(", rxfilter = {}", toml_string(&filter)));
+                        }
+                        "txcomp" | "rxcomp" => match float(value) {
+                            Ok(v) => match Compensation::try_from(v) {
+                                Ok(_) => toml.push_str(&format!(", {option} = {}", toml_float(v))),
+                                Err(e) => left_out.push(format!("option `{option}`: strata: {e}")),
+                            },
+                            Err(why) => return self.invalid(line, format!("`{option}`: {why}")),
+                        },
+                        _ => left_out.push(format!(
+                            "option `{option}`: strata reads the NIC's clock every second and maps with its last                              samples"
+                        )),
+                    }
+                }
+                _ => return self.invalid(line, format!("unknown option `{word}`")),
+            }
+        }
+        toml.push_str(" }");
+        let mut item = Item::new(line, toml);
+        for reason in left_out {
+            self.option_left_out(line, &mut item, reason);
+        }
+        self.hwtimestamp.push(item);
+    }
+
     fn finish(mut self, source: &str) -> Import {
         self.resolve_locks();
         let mut out = format!(
@@ -697,6 +758,16 @@ impl Importer {
         }
         for item in [&self.ratelimit, &self.client_log_limit].into_iter().flatten() {
             push_item(&mut server, item);
+        }
+        if !self.hwtimestamp.is_empty() {
+            server.push_str("# chrony's hwtimestamp lines.\nhwtimestamp = [\n");
+            for item in &self.hwtimestamp {
+                for comment in &item.comments {
+                    server.push_str(&format!("    # {comment}\n"));
+                }
+                server.push_str(&format!("    {},\n", item.toml));
+            }
+            server.push_str("]\n");
         }
         if !server.is_empty() {
             out.push_str("\n[server]\n");
@@ -818,7 +889,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{Config, LeapSecMode, MakeStep, RateLimitConfig};
+    use crate::{Config, LeapSecMode, MakeStep, RateLimitConfig, RxFilter};
 
     /// Import `text` and parse the result as strata would: it must always be valid.
     fn import_ok(text: &str) -> (Config, Import) {
@@ -1052,11 +1123,33 @@ mod tests {
     }
 
     #[test]
+    fn hwtimestamp_lines_become_server_hwtimestamp() {
+        let (c, import) = import_ok(
+            "hwtimestamp eth0 rxfilter ntp txcomp 2e-7 minpoll -2\nhwtimestamp * rxcomp -1e-7\nhwtimestamp eth0\n",
+        );
+        let hw = &c.server.hwtimestamp;
+        assert_eq!(hw.len(), 2, "{}", import.toml);
+        assert_eq!(
+            (hw[0].interface.get_ref().0.as_str(), hw[0].rxfilter, hw[0].txcomp.0),
+            ("eth0", RxFilter::Ntp, 2e-7)
+        );
+        assert_eq!((hw[1].interface.get_ref().0.as_str(), hw[1].rxcomp.0), ("*", -1e-7));
+        let r = reasons(&import);
+        assert!(r.iter().any(|r| r.0 == 1 && r.2.contains("`minpoll`")), "{r:?}");
+        assert!(r.iter().any(|r| r.0 == 3 && r.2.contains("one line per interface")), "{r:?}");
+        assert!(
+            import.toml.contains("    # line 1: hwtimestamp eth0 rxfilter ntp txcomp 2e-7 minpoll -2\n"),
+            "{}",
+            import.toml
+        );
+    }
+
+    #[test]
     fn unsupported_directives_say_why() {
         let text = "include /etc/chrony/conf.d/*.conf\nconfdir /etc/chrony/conf.d\n\
                     refclock PHC /dev/ptp0:nocrossts poll 3 dpoll -2 offset 0\ncmdallow 127.0.0.1\ncmdport 0\n\
                     bindcmdaddress ::1\nlog measurements statistics\nlogdir /var/log/chrony\nrtcsync\n\
-                    hwtimestamp eth0\nkeyfile /etc/chrony.keys\nntsserverkey /k.pem\nfrobnicate 1\n";
+                    smoothtime 400 0.01\nkeyfile /etc/chrony.keys\nntsserverkey /k.pem\nfrobnicate 1\n";
         let (_, import) = import_ok(text);
         let r = reasons(&import);
         let expected = [
@@ -1066,7 +1159,7 @@ mod tests {
             (4, "cmdallow", CONTROL),
             (5, "cmdport", CONTROL),
             (6, "bindcmdaddress", CONTROL),
-            (10, "hwtimestamp", unsupported_directive("hwtimestamp")),
+            (10, "smoothtime", unsupported_directive("smoothtime")),
             (11, "keyfile", unsupported_directive("keyfile")),
             (12, "ntsserverkey", NTS),
             (13, "frobnicate", "unknown directive"),

@@ -741,6 +741,69 @@ pub struct ServerConfig {
     /// send is the transmit time it hands out), and of every request to an upstream
     /// (its T1). On by default.
     pub kernel_tx_timestamps: bool,
+    /// chrony's `hwtimestamp`: interfaces whose NIC stamps packets in hardware.
+    pub hwtimestamp: Vec<HwTimestamp>,
+}
+
+/// chrony's `hwtimestamp`: the supervisor turns on hardware timestamping of the
+/// interface (SIOCSHWTSTAMP needs CAP_NET_ADMIN, which the engine never has) and
+/// the engine maps the NIC's timestamps to the system clock through its PHC.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HwTimestamp {
+    /// An interface name, or `*`: every other interface whose NIC can.
+    pub interface: Spanned<InterfaceName>,
+    /// Which received packets the NIC stamps (chrony's `rxfilter`).
+    #[serde(default)]
+    pub rxfilter: RxFilter,
+    /// Seconds added to each hardware transmit timestamp: from the NIC's stamp to
+    /// the packet on the wire (chrony's `txcomp`).
+    #[serde(default)]
+    pub txcomp: Compensation,
+    /// Seconds subtracted from each hardware receive timestamp (chrony's `rxcomp`).
+    #[serde(default)]
+    pub rxcomp: Compensation,
+}
+
+/// A network interface's name as the kernel takes it (at most 15 bytes, no `/`,
+/// no white space), or `*`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct InterfaceName(pub String);
+
+impl TryFrom<String> for InterfaceName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        let valid = name == "*"
+            || (!name.is_empty()
+                && name.len() < 16
+                && name != "."
+                && name != ".."
+                && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control()));
+        if valid { Ok(InterfaceName(name)) } else { Err(format!("{name:?} is not an interface name (or `*`)")) }
+    }
+}
+
+/// chrony's `rxfilter`: `any` (NTP packets if the NIC can pick them out, else
+/// all), `all`, `ntp`, `ptp` (chrony's choice for NICs that stamp only PTP, whose
+/// NTP answers then carry software receive times) or `none` (transmit only).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RxFilter {
+    #[default]
+    Any,
+    All,
+    Ntp,
+    Ptp,
+    None,
+}
+
+bounded_float!(Compensation, -0.001, 0.001, "a timestamp compensation in seconds");
+
+impl Default for Compensation {
+    fn default() -> Self {
+        Compensation(0.0)
+    }
 }
 
 impl Default for ServerConfig {
@@ -754,6 +817,7 @@ impl Default for ServerConfig {
             client_log_limit: ClientLogLimit(524_288),
             receive_buffer: ReceiveBuffer(4 << 20),
             kernel_tx_timestamps: true,
+            hwtimestamp: Vec::new(),
         }
     }
 }
@@ -835,6 +899,12 @@ impl Config {
         if let Some((offset, message)) = check_refclocks(&config.refclock) {
             return Err(invalid(offset, message));
         }
+        for (i, hw) in config.server.hwtimestamp.iter().enumerate() {
+            let name = hw.interface.get_ref();
+            if config.server.hwtimestamp[..i].iter().any(|earlier| earlier.interface.get_ref() == name) {
+                return Err(invalid(hw.interface.span().start, format!("hwtimestamp: {:?} is named twice", name.0)));
+            }
+        }
         Ok(config)
     }
 }
@@ -901,6 +971,29 @@ mod tests {
         assert_eq!(err, "t.toml:2:17: a stratum must be between 1 and 15, not 16");
         let err = parse("[server]\nlisten = [\"127.0.0.1\"]\n").unwrap_err();
         assert!(err.starts_with("t.toml:2:11:"), "{err}");
+    }
+
+    #[test]
+    fn hwtimestamp_names_interfaces_and_checks_its_options() {
+        let c = parse(
+            "[server]\nhwtimestamp = [{ interface = \"eth0\", rxfilter = \"ntp\", txcomp = 1.5e-7 }, \
+             { interface = \"*\" }]\n",
+        )
+        .unwrap();
+        let hw = &c.server.hwtimestamp;
+        assert_eq!(
+            (hw[0].interface.get_ref().0.as_str(), hw[0].rxfilter, hw[0].txcomp.0),
+            ("eth0", RxFilter::Ntp, 1.5e-7)
+        );
+        assert_eq!((hw[1].interface.get_ref().0.as_str(), hw[1].rxfilter, hw[1].rxcomp.0), ("*", RxFilter::Any, 0.0));
+        let err = parse("[server]\nhwtimestamp = [{ interface = \"eth0/1\" }]\n").unwrap_err();
+        assert!(err.starts_with("t.toml:2:30: \"eth0/1\" is not an interface name"), "{err}");
+        let err = parse("[server]\nhwtimestamp = [{ interface = \"eth0\", rxfilter = \"udp\" }]\n").unwrap_err();
+        assert!(err.starts_with("t.toml:2:49: unknown variant `udp`"), "{err}");
+        let err = parse("[server]\nhwtimestamp = [{ interface = \"eth0\", txcomp = 0.5 }]\n").unwrap_err();
+        assert!(err.contains("a timestamp compensation in seconds must be between"), "{err}");
+        let err = parse("[server]\nhwtimestamp = [{ interface = \"eth0\" }, { interface = \"eth0\" }]\n").unwrap_err();
+        assert_eq!(err, "t.toml:2:54: hwtimestamp: \"eth0\" is named twice");
     }
 
     #[test]

@@ -18,13 +18,15 @@ use std::hash::BuildHasher;
 
 use strata_proto::ntp::{Header, NtpTimestamp};
 
-/// Where a transmit timestamp came from (chronyc's D, K and H).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a transmit timestamp came from (chronyc's D, K and H), worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TimestampSource {
     /// A clock read just before the send.
     Daemon,
     /// The kernel's software timestamp, as the packet left (SOF_TIMESTAMPING_TX_SOFTWARE).
     Kernel,
+    /// The NIC's, mapped onto the system clock through its PHC (`hwtimestamp`).
+    Hardware,
 }
 
 /// Entries per bucket. With one bucket of two, 0.15 % of ntpperf's interleaved
@@ -118,10 +120,11 @@ impl TxTimestamps {
         self.entries[slot] = Entry { receive: key, transmit, source, saved };
     }
 
-    /// A better transmit time for an answer still in the map (the kernel's, read
-    /// back after the send).
+    /// A better transmit time for an answer still in the map (the kernel's or the
+    /// NIC's, read back after the send); a worse source never replaces a better one.
     pub fn update(&mut self, receive: NtpTimestamp, transmit: NtpTimestamp, source: TimestampSource) -> bool {
         match self.find(receive) {
+            Some(entry) if entry.source > source => false,
             Some(entry) => {
                 (entry.transmit, entry.source) = (transmit, source);
                 true
@@ -198,7 +201,9 @@ mod tests {
         map.save(rx, ts(0x2000), TimestampSource::Daemon);
         assert!(map.update(rx, ts(0x2010), TimestampSource::Kernel));
         assert!(!map.update(mark_receive(ts(0x3001)), ts(1), TimestampSource::Kernel), "never saved");
-        assert_eq!(map.take(rx), Some((ts(0x2010), TimestampSource::Kernel)));
+        assert!(map.update(rx, ts(0x2008), TimestampSource::Hardware));
+        assert!(!map.update(rx, ts(0x2010), TimestampSource::Kernel), "the NIC's is better");
+        assert_eq!(map.take(rx), Some((ts(0x2008), TimestampSource::Hardware)));
         assert_eq!(map.take(rx), None, "a replay gets a basic answer");
     }
 

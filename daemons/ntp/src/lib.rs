@@ -5,6 +5,7 @@
 
 mod clientlog;
 mod interleave;
+mod nic_clock;
 mod send_delay;
 mod server;
 mod timekeeping;
@@ -37,7 +38,12 @@ struct Engine {
     shared: Arc<Shared>,
     timekeeper: Timekeeping,
     status: EngineStatus,
+    /// When the NIC clocks are read next (`hwtimestamp`; none: no NIC clock).
+    next_nic_read: Option<std::time::Instant>,
 }
+
+/// How often the NICs' PHCs are read against the system clock.
+const NIC_READ_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Service for Engine {
     const ROLE: Role = Role::Ntp;
@@ -49,6 +55,7 @@ impl Service for Engine {
             None => ServerState::unsynchronised(),
         };
         let mut sockets = Vec::new();
+        let mut nic_clocks = Vec::new();
         let mut time = TimeSource::System;
         for (resource, fd) in resources {
             match resource {
@@ -59,20 +66,41 @@ impl Service for Engine {
                     clock.now_ns().map_err(|e| format!("reading the PHC: {e}"))?;
                     time = TimeSource::Phc { _device: std::fs::File::from(fd), clock };
                 }
+                Resource::NicClock { interface, if_index, receive, txcomp_ns, rxcomp_ns } => {
+                    let clock =
+                        nic_clock::NicClock::new(interface, if_index, receive, (txcomp_ns, rxcomp_ns), fd.into());
+                    clock.read().map_err(|e| format!("reading the PHC of {}: {e}", clock.interface))?;
+                    nic_clocks.push(clock);
+                }
                 other => return Err(format!("the engine takes no {other:?}")),
             }
         }
-        let shared = Shared::new(serving, &settings, time, sockets.len())?;
+        let hardware = !nic_clocks.is_empty();
+        let shared = Shared::new(serving, &settings, time, nic_clocks, sockets.len())?;
         for (index, (local, thread, fd)) in sockets.into_iter().enumerate() {
             // The kernel's receive time of each request is its T2; its transmit
             // time of each answer, numbered (OPT_ID) and without the payload
             // (OPT_TSONLY), comes back on the error queue for interleaved mode.
             if settings.kernel_tx_timestamps {
-                let stamping = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
+                let mut stamping = TimestampingFlag::SOF_TIMESTAMPING_SOFTWARE
                     | TimestampingFlag::SOF_TIMESTAMPING_RX_SOFTWARE
                     | TimestampingFlag::SOF_TIMESTAMPING_TX_SOFTWARE
                     | TimestampingFlag::SOF_TIMESTAMPING_OPT_ID
                     | TimestampingFlag::SOF_TIMESTAMPING_OPT_TSONLY;
+                if hardware {
+                    // The NICs' stamps too (the socket takes them from whichever
+                    // interface a packet crosses), and the interface of each
+                    // request, whose NIC's clock converts them.
+                    stamping |= TimestampingFlag::SOF_TIMESTAMPING_RX_HARDWARE
+                        | TimestampingFlag::SOF_TIMESTAMPING_TX_HARDWARE
+                        | TimestampingFlag::SOF_TIMESTAMPING_RAW_HARDWARE;
+                    let pktinfo = if local.is_ipv4() {
+                        setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)
+                    } else {
+                        setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)
+                    };
+                    pktinfo.map_err(|e| format!("{local}: IP_PKTINFO: {e}"))?;
+                }
                 setsockopt(&fd, sockopt::Timestamping, &stamping)
                     .map_err(|e| format!("{local}: SO_TIMESTAMPING: {e}"))?;
             } else {
@@ -84,7 +112,8 @@ impl Service for Engine {
             info!(%local, thread, "serving NTP");
         }
         let timekeeper = Timekeeping::new(&settings, Arc::clone(&shared))?;
-        Ok(Engine { shared, timekeeper, status: EngineStatus::default() })
+        let next_nic_read = hardware.then(|| std::time::Instant::now() + NIC_READ_INTERVAL);
+        Ok(Engine { shared, timekeeper, status: EngineStatus::default(), next_nic_read })
     }
 
     fn on_sandboxed(&mut self) {
@@ -168,10 +197,20 @@ impl Service for Engine {
     }
 
     fn next_wakeup(&self) -> Option<std::time::Instant> {
-        self.timekeeper.next_wakeup()
+        self.timekeeper.next_wakeup().into_iter().chain(self.next_nic_read).min()
     }
 
-    fn on_wakeup(&mut self, _now: std::time::Instant, out: &mut Outbox) {
+    fn on_wakeup(&mut self, now: std::time::Instant, out: &mut Outbox) {
+        if let Some(at) = self.next_nic_read
+            && now >= at
+        {
+            for clock in &self.shared.nic_clocks {
+                if let Err(e) = clock.read() {
+                    warn!(interface = clock.interface, "reading its PHC: {e}");
+                }
+            }
+            self.next_nic_read = Some(now + NIC_READ_INTERVAL);
+        }
         self.timekeeper.poll_due(out);
     }
 }

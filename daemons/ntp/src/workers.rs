@@ -34,6 +34,7 @@ use tracing::warn;
 
 use crate::clientlog::{ClientLog, RateLimit, Verdict};
 use crate::interleave::{self, TimestampSource, TxTimestamps};
+use crate::nic_clock::NicClock;
 use crate::send_delay::SendDelay;
 use crate::server::{self, ServerState};
 
@@ -84,6 +85,9 @@ pub struct Shared {
     tx_timestamps: Box<[Mutex<TxTimestamps>]>,
     /// The sockets queue the kernel's transmit timestamps (`kernel-tx-timestamps`).
     pub kernel_tx_timestamps: bool,
+    /// The PHCs of the interfaces whose NICs stamp packets (`hwtimestamp`); the
+    /// main thread reads them, the serving threads convert with them.
+    pub nic_clocks: Vec<NicClock>,
     /// Picks a client's shard; random per process.
     shard_hasher: std::collections::hash_map::RandomState,
     /// The client log's clock: monotonic, so rate limits ignore clock steps.
@@ -106,6 +110,8 @@ struct Counters {
     send_failed: AtomicU64,
     rx_kernel: AtomicU64,
     tx_kernel: AtomicU64,
+    rx_hardware: AtomicU64,
+    tx_hardware: AtomicU64,
     interleaved: AtomicU64,
 }
 
@@ -114,6 +120,7 @@ impl Shared {
         serving: ServerState,
         settings: &NtpSettings,
         time: TimeSource,
+        nic_clocks: Vec<NicClock>,
         threads: usize,
     ) -> Result<Arc<Shared>, String> {
         let access = AccessList::parse(&settings.access).map_err(|e| format!("access rules: {e}"))?;
@@ -138,6 +145,7 @@ impl Shared {
             clients,
             tx_timestamps,
             kernel_tx_timestamps: settings.kernel_tx_timestamps,
+            nic_clocks,
             shard_hasher,
             started: Instant::now(),
             counters: (0..threads).map(|_| Counters::default()).collect(),
@@ -217,6 +225,15 @@ impl Shared {
         }
     }
 
+    /// The NIC clock of the interface a packet came in on (`if_index` from its
+    /// pktinfo; 0 when the kernel gave none, which one NIC clock still answers).
+    fn nic_clock(&self, if_index: u32) -> Option<&NicClock> {
+        match &self.nic_clocks[..] {
+            [only] if if_index == 0 => Some(only),
+            clocks => clocks.iter().find(|c| c.if_index == if_index),
+        }
+    }
+
     /// The sum over all threads.
     pub fn stats(&self) -> ServerStats {
         let mut s = ServerStats::default();
@@ -231,6 +248,8 @@ impl Shared {
             s.send_failed += c.send_failed.load(Ordering::Relaxed);
             s.rx_kernel += c.rx_kernel.load(Ordering::Relaxed);
             s.tx_kernel += c.tx_kernel.load(Ordering::Relaxed);
+            s.rx_hardware += c.rx_hardware.load(Ordering::Relaxed);
+            s.tx_hardware += c.tx_hardware.load(Ordering::Relaxed);
             s.interleaved += c.interleaved.load(Ordering::Relaxed);
         }
         s.tx_timestamps_held =
@@ -291,6 +310,11 @@ fn timestamp_ns(ts: &TimeSpec) -> i64 {
     ts.tv_sec() * 1_000_000_000 + ts.tv_nsec()
 }
 
+/// A timestamp of SO_TIMESTAMPING's three; zero: that one was not taken.
+fn nonzero_ns(ts: &TimeSpec) -> Option<i64> {
+    Some(timestamp_ns(ts)).filter(|&ns| ns != 0)
+}
+
 /// Start serving thread `index` on `socket`; it waits for [`Shared::release`].
 /// Returns once the thread runs: the C library's per-thread set-up (rseq, ...) is
 /// then done, before the seccomp filter that would refuse it.
@@ -312,8 +336,13 @@ pub fn spawn(index: usize, socket: UdpSocket, shared: Arc<Shared>) -> std::io::R
 struct Received {
     len: usize,
     client: Option<SockaddrStorage>,
-    /// The kernel's receive time (SO_TIMESTAMPING's software one), system clock, ns.
+    /// The kernel's receive time (the NIC's mapped, else SO_TIMESTAMPING's
+    /// software one), system clock, ns.
     kernel_time: Option<i64>,
+    /// `kernel_time` is the NIC's.
+    hardware: bool,
+    /// The interface it came in on (IP_PKTINFO; 0 without `hwtimestamp`).
+    if_index: u32,
     /// Longer than the buffer: not a request we answer.
     truncated: bool,
 }
@@ -332,8 +361,11 @@ struct Worker {
     saves: Box<[(Option<NtpTimestamp>, bool); BATCH]>,
     /// The OPT_ID the kernel gives the next datagram sent on this socket.
     next_tx_id: u32,
-    /// (OPT_ID, receive timestamp saved) of answers awaiting their kernel timestamp.
-    pending_tx: std::collections::VecDeque<(u32, NtpTimestamp)>,
+    /// (OPT_ID, receive timestamp saved, interface whose NIC will stamp it or 0)
+    /// of answers awaiting their kernel (and hardware) transmit timestamps.
+    pending_tx: std::collections::VecDeque<(u32, NtpTimestamp, u32)>,
+    /// Per reply: the interface its request came in on (its NIC stamps the answer).
+    interfaces: Box<[u32; BATCH]>,
     /// (OPT_ID of the first datagram, datagrams, the clock read, system ns) of the
     /// last batches sent, to learn each position's delay from.
     sent_batches: std::collections::VecDeque<(u32, u32, i64)>,
@@ -360,12 +392,16 @@ impl Worker {
             received: Box::new([Received::default(); BATCH]),
             destinations: Box::new([None; BATCH]),
             saves: Box::new([(None, false); BATCH]),
+            interfaces: Box::new([0; BATCH]),
             next_tx_id: 0,
             pending_tx: std::collections::VecDeque::with_capacity(PENDING_TX),
             sent_batches: std::collections::VecDeque::with_capacity(SENT_BATCHES),
             send_delay: SendDelay::new(),
             errqueue_cmsgs: nix::cmsg_space!([TimeSpec; 3], nix::libc::sock_extended_err, nix::libc::sockaddr_in6),
-            recv_headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!([TimeSpec; 3]))),
+            recv_headers: MultiHeaders::preallocate(
+                BATCH,
+                Some(nix::cmsg_space!([TimeSpec; 3], nix::libc::in6_pktinfo)),
+            ),
             send_headers: MultiHeaders::preallocate(BATCH, None),
             random: std::collections::hash_map::RandomState::new().hash_one(index) | 1,
         }
@@ -386,18 +422,30 @@ impl Worker {
             match recvmmsg(fd, &mut self.recv_headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
                 Ok(results) => {
                     let mut n = 0;
+                    let now_ns = system_now_ns();
                     for (slot, msg) in self.received.iter_mut().zip(results) {
-                        let kernel_time = msg.cmsgs().ok().and_then(|mut c| {
-                            c.find_map(|m| match m {
-                                ControlMessageOwned::ScmTimestampsns(ts) => Some(timestamp_ns(&ts.system)),
-                                ControlMessageOwned::ScmTimestampns(ts) => Some(timestamp_ns(&ts)),
-                                _ => None,
-                            })
+                        let (mut software, mut raw, mut if_index) = (None, None, 0);
+                        for cmsg in msg.cmsgs().into_iter().flatten() {
+                            match cmsg {
+                                ControlMessageOwned::ScmTimestampsns(ts) => {
+                                    software = nonzero_ns(&ts.system);
+                                    raw = nonzero_ns(&ts.hw_raw);
+                                }
+                                ControlMessageOwned::ScmTimestampns(ts) => software = nonzero_ns(&ts),
+                                ControlMessageOwned::Ipv4PacketInfo(info) => if_index = info.ipi_ifindex as u32,
+                                ControlMessageOwned::Ipv6PacketInfo(info) => if_index = info.ipi6_ifindex,
+                                _ => {}
+                            }
+                        }
+                        let hardware_time = raw.and_then(|phc| {
+                            self.shared.nic_clock(if_index).filter(|c| c.receive)?.receive_time(phc, now_ns)
                         });
                         *slot = Received {
                             len: msg.bytes,
                             client: msg.address,
-                            kernel_time,
+                            kernel_time: hardware_time.or(software),
+                            hardware: hardware_time.is_some(),
+                            if_index,
                             truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
                         };
                         n += 1;
@@ -421,8 +469,10 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         let counters = &shared.counters[self.index];
         counters.received.fetch_add(count as u64, Ordering::Relaxed);
+        let hardware_stamped = self.received[..count].iter().filter(|r| r.hardware).count();
         let kernel_stamped = self.received[..count].iter().filter(|r| r.kernel_time.is_some()).count();
-        counters.rx_kernel.fetch_add(kernel_stamped as u64, Ordering::Relaxed);
+        counters.rx_kernel.fetch_add((kernel_stamped - hardware_stamped) as u64, Ordering::Relaxed);
+        counters.rx_hardware.fetch_add(hardware_stamped as u64, Ordering::Relaxed);
         let state = self.shared.serving.read().unwrap_or_else(|e| e.into_inner()).clone();
         let access = shared.access.read().unwrap_or_else(|e| e.into_inner());
         let system_now = system_now_ns();
@@ -433,7 +483,7 @@ impl Worker {
         let mut replies = 0;
         let mut kods = 0;
         for i in 0..count {
-            let Received { len, client, kernel_time: t2, truncated } = self.received[i];
+            let Received { len, client, kernel_time: t2, truncated, if_index, .. } = self.received[i];
             let Some(ip) = client.as_ref().and_then(ip_of) else {
                 counters.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -474,6 +524,7 @@ impl Worker {
                         }
                     }
                     self.destinations[replies] = client;
+                    self.interfaces[replies] = if_index;
                     replies += 1;
                 }
                 Err(server::Drop::NotAClientRequest(_)) => {
@@ -536,7 +587,9 @@ impl Worker {
                 if self.pending_tx.len() == PENDING_TX {
                     self.pending_tx.pop_front();
                 }
-                self.pending_tx.push_back((self.next_tx_id.wrapping_add(k as u32), *receive));
+                let interface = self.interfaces[chunk.start + k];
+                let nic = self.shared.nic_clock(interface).map_or(0, |c| c.if_index);
+                self.pending_tx.push_back((self.next_tx_id.wrapping_add(k as u32), *receive, nic));
             }
         }
         if self.shared.kernel_tx_timestamps && sent > 0 {
@@ -566,10 +619,13 @@ impl Worker {
             let Ok(msg) = recvmsg::<()>(fd, &mut iov, Some(&mut self.errqueue_cmsgs), flags) else {
                 return; // EAGAIN: the queue is empty.
             };
-            let (mut sent_ns, mut id) = (None, None);
+            let (mut software, mut raw, mut id) = (None, None, None);
             for cmsg in msg.cmsgs().into_iter().flatten() {
                 match cmsg {
-                    ControlMessageOwned::ScmTimestampsns(ts) => sent_ns = Some(timestamp_ns(&ts.system)),
+                    ControlMessageOwned::ScmTimestampsns(ts) => {
+                        software = nonzero_ns(&ts.system);
+                        raw = nonzero_ns(&ts.hw_raw);
+                    }
                     ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _)
                         if e.ee_origin == nix::libc::SO_EE_ORIGIN_TIMESTAMPING =>
                     {
@@ -578,7 +634,24 @@ impl Worker {
                     _ => {}
                 }
             }
-            let (Some(sent_ns), Some(id)) = (sent_ns, id) else { continue };
+            let Some(id) = id else { continue };
+            // The NIC's timestamp comes in a message of its own, after the kernel's.
+            if let Some(phc_ns) = raw {
+                counters.tx_hardware.fetch_add(1, Ordering::Relaxed);
+                let Some(at) = self.pending_tx.iter().position(|&(pending, _, nic)| pending == id && nic != 0) else {
+                    continue;
+                };
+                let (_, receive, nic) = self.pending_tx[at];
+                self.pending_tx.remove(at);
+                let now_ns = system_now_ns();
+                let clock = self.shared.nic_clocks.iter().find(|c| c.if_index == nic);
+                if let Some(sent_ns) = clock.and_then(|c| c.transmit_time(phc_ns, now_ns)) {
+                    let sent = interleave::mark_transmit(shifted(sent_ns, clock_offset_s));
+                    self.shared.tx_timestamps(receive).update(receive, sent, TimestampSource::Hardware);
+                }
+                continue;
+            }
+            let Some(sent_ns) = software else { continue };
             counters.tx_kernel.fetch_add(1, Ordering::Relaxed);
             while let Some(&(first, count, read_ns)) = self.sent_batches.front() {
                 let position = id.wrapping_sub(first);
@@ -591,15 +664,23 @@ impl Worker {
                 }
                 self.sent_batches.pop_front();
             }
-            // Ids come back in sending order; an answer whose timestamp never came is given up.
-            while let Some(&(pending, receive)) = self.pending_tx.front() {
+            // Ids come back in sending order; an answer whose timestamp never came
+            // is given up, unless its NIC's is still to come.
+            let mut at = 0;
+            while let Some(&(pending, receive, nic)) = self.pending_tx.get(at) {
                 if pending.wrapping_sub(id) as i32 > 0 {
                     break;
                 }
-                self.pending_tx.pop_front();
                 if pending == id {
                     let sent = interleave::mark_transmit(shifted(sent_ns, clock_offset_s));
                     self.shared.tx_timestamps(receive).update(receive, sent, TimestampSource::Kernel);
+                }
+                if nic != 0 {
+                    at += 1; // awaits the NIC's timestamp (or is pushed out by newer answers)
+                } else {
+                    self.pending_tx.remove(at);
+                }
+                if pending == id {
                     break;
                 }
             }

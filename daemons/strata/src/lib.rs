@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod control;
+mod hwtimestamp;
 mod logs;
 mod notify;
 pub mod refclocks;

@@ -234,6 +234,9 @@ impl Supervisor {
             }
         };
 
+        // NIC hardware timestamping needs CAP_NET_ADMIN, which goes below.
+        resources.extend(crate::hwtimestamp::enable(&config.server.hwtimestamp));
+
         // Host names, through the unprivileged resolver helper, while we can still
         // start it under the engine's user.
         let engine_identity = slots.iter().find(|s| s.role == Role::Ntp).and_then(|s| s.identity);

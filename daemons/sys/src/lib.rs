@@ -5,6 +5,7 @@
 //! which they are called is the caller's (see `strata-process`'s `sandbox`).
 #![allow(unsafe_code)] // the workspace denies it; this crate is the documented exception
 
+pub mod nic;
 pub mod ptp;
 
 use std::io;
