@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::ntp::LeapIndicator;
 
 /// Bumped whenever any enum below changes shape.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Exit status of a child that must not be re-spawned (the adjuster's panic
 /// threshold): the supervisor raises an alarm instead.
@@ -544,8 +544,9 @@ pub struct AdjustSettings {
     pub backend: ClockBackendKind,
     /// Steps left in this boot's budget (policy/clock.toml), as the supervisor counts.
     pub steps_left: u32,
-    /// Automatic steps are allowed until this system time (ns since the Unix epoch).
-    pub automatic_steps_until_ns: i64,
+    /// Automatic steps are allowed until this CLOCK_BOOTTIME instant (ns since
+    /// boot): a clock the adjuster's own steps cannot move.
+    pub automatic_steps_until_boot_ns: i64,
     /// chrony's `maxslewrate`, ppm: the configured rate, never above the policy's
     /// (the adjuster holds it to its own limit whatever it is told).
     pub max_slew_rate_ppm: f64,

@@ -44,7 +44,7 @@ pub fn demo_settings(role: Role) -> Settings {
         Role::Adjust => Settings::Adjust(AdjustSettings {
             backend: ClockBackendKind::None,
             steps_left: 4,
-            automatic_steps_until_ns: 0,
+            automatic_steps_until_boot_ns: 0,
             max_slew_rate_ppm: strata_policy::clock::MAX_SLEW_RATE_PPM,
         }),
         Role::Control => Settings::Control(ControlSettings::default()),

@@ -40,11 +40,14 @@ fn read_model(file: &File) -> ClockModel {
 /// The adjuster alone on a simulated clock; the automatic-step window is open or closed.
 fn adjuster(model: &File, window_open: bool) -> Standalone {
     let fd = OwnedFd::from(model.try_clone().unwrap());
-    let until = if window_open { now_ns() + 600_000_000_000 } else { now_ns() - 1 };
+    // The window is on CLOCK_BOOTTIME, not on the clock being adjusted: a window
+    // read as system time would be decades closed.
+    let boot = strata_sys::boottime_ns();
+    let until = if window_open { boot + 600_000_000_000 } else { boot - 1 };
     let settings = Settings::Adjust(AdjustSettings {
         backend: ClockBackendKind::Simulated,
         steps_left: 4,
-        automatic_steps_until_ns: until,
+        automatic_steps_until_boot_ns: until,
         max_slew_rate_ppm: strata_policy::clock::MAX_SLEW_RATE_PPM,
     });
     Standalone::start_with(settings, vec![(Resource::ClockModel { writable: true }, fd)])

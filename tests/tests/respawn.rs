@@ -44,6 +44,29 @@ fn fifty_kills_leave_no_zombie_no_leaked_descriptor_and_no_extra_spawn() {
 }
 
 #[test]
+fn a_child_killed_after_its_probation_comes_back_at_once_however_often() {
+    if !require_root("probation") {
+        return;
+    }
+    // A back-off long enough to see: only a crash loop would wait it.
+    let mut appliance = Appliance::start(
+        "probation",
+        "[supervisor.restart]\nbackoff-initial-ms = 1000\nbudget = 2\nprobation-ms = 300\n",
+    );
+    for kill in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        let (_, took) = appliance.kill_and_wait_replacement("ntp");
+        assert!(took < Duration::from_millis(900), "kill {kill}: the engine came back after {took:?}");
+    }
+    let status = appliance.status();
+    assert_eq!(status.of("ntp").restarts, 5);
+    assert!(status.alarms.is_empty(), "five healthy deaths are not a crash loop: {:?}", status.alarms);
+    // Killed again at once, during its probation: that one waits the back-off.
+    let (_, took) = appliance.kill_and_wait_replacement("ntp");
+    assert!(took >= Duration::from_millis(1000), "a death during probation came back after {took:?}");
+}
+
+#[test]
 fn past_its_restart_budget_a_child_stays_down_with_an_alarm_and_ntp_carries_on() {
     if !require_root("restart budget") {
         return;

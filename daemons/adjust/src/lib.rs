@@ -61,7 +61,7 @@ impl Adjuster {
             frequency_ppm: self.backend.frequency_ppm(),
             leap: self.leap,
             steps_left: self.policy.steps_left,
-            automatic_steps_allowed: self.policy.automatic_steps_allowed(now_ns()),
+            automatic_steps_allowed: self.policy.automatic_steps_allowed(strata_sys::boottime_ns()),
             operator_step_authorised: self.policy.operator_step_authorised,
         }
     }
@@ -101,7 +101,7 @@ impl Adjuster {
                 }
                 Err(reason) => self.refuse(Role::Ntp, ClockRequestKind::SetLeap, reason, out),
             },
-            change => match self.policy.check(&change, now).expect("a clock change") {
+            change => match self.policy.check(&change, strata_sys::boottime_ns()).expect("a clock change") {
                 Err(Breach::Violation(reason)) => return Err(Violation(reason)),
                 Err(Breach::Panic(reason)) => {
                     error!("{reason}: exiting, not to be re-spawned");
@@ -152,7 +152,7 @@ impl Service for Adjuster {
             leap: KernelLeap::None,
             policy: ClockPolicy::new(
                 settings.steps_left,
-                settings.automatic_steps_until_ns,
+                settings.automatic_steps_until_boot_ns,
                 settings.max_slew_rate_ppm,
             ),
             refusals_logged: 0,

@@ -32,8 +32,10 @@ pub enum Breach {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClockPolicy {
     pub steps_left: u32,
-    /// Automatic steps are allowed until this system time (ns since the epoch).
-    pub automatic_steps_until_ns: i64,
+    /// Automatic steps are allowed until this instant of the boot clock (ns; the
+    /// appliance passes CLOCK_BOOTTIME, the simulator its monotonic clock), never
+    /// the clock being adjusted: a backward step must not reopen the window.
+    pub automatic_steps_until_boot_ns: i64,
     pub operator_step_authorised: bool,
     /// The rate slews run at, ppm: the configured `maxslewrate`, at most the policy's.
     pub slew_rate_ppm: f64,
@@ -41,27 +43,27 @@ pub struct ClockPolicy {
 
 impl ClockPolicy {
     /// `slew_rate_ppm` is held to (0, the policy's rate]; anything else is the policy's.
-    pub fn new(steps_left: u32, automatic_steps_until_ns: i64, slew_rate_ppm: f64) -> ClockPolicy {
+    pub fn new(steps_left: u32, automatic_steps_until_boot_ns: i64, slew_rate_ppm: f64) -> ClockPolicy {
         let slew_rate_ppm =
             if slew_rate_ppm > 0.0 { slew_rate_ppm.min(limits::MAX_SLEW_RATE_PPM) } else { limits::MAX_SLEW_RATE_PPM };
         ClockPolicy {
             steps_left: steps_left.min(limits::STEP_BUDGET_PER_BOOT),
-            automatic_steps_until_ns,
+            automatic_steps_until_boot_ns,
             operator_step_authorised: false,
             slew_rate_ppm,
         }
     }
 
-    pub fn automatic_steps_allowed(&self, now_ns: i64) -> bool {
-        now_ns < self.automatic_steps_until_ns
+    pub fn automatic_steps_allowed(&self, boot_ns: i64) -> bool {
+        boot_ns < self.automatic_steps_until_boot_ns
     }
 
-    /// The verdict on a clock change (`Slew`, `SetFrequency`, `Step`) at `now_ns`;
-    /// `None` for the requests that change no clock.
+    /// The verdict on a clock change (`Slew`, `SetFrequency`, `Step`) at `boot_ns`
+    /// (the boot clock); `None` for the requests that change no clock.
     pub fn check(
         &self,
         request: &EngineToAdjuster,
-        now_ns: i64,
+        boot_ns: i64,
     ) -> Option<Result<(ClockRequestKind, Verdict), Breach>> {
         let finite = |what: &str, v: f64| {
             if v.is_finite() { Ok(()) } else { Err(Breach::Violation(format!("{what} is not a finite number: {v}"))) }
@@ -99,7 +101,7 @@ impl ClockPolicy {
                 finite("step offset", offset_s).and_then(|()| beyond_panic("a step", offset_s)).map(|()| {
                     let verdict = if self.steps_left == 0 {
                         Verdict::Refuse("the step budget of this boot is used up".into())
-                    } else if !self.automatic_steps_allowed(now_ns) && !self.operator_step_authorised {
+                    } else if !self.automatic_steps_allowed(boot_ns) && !self.operator_step_authorised {
                         Verdict::Refuse("outside the makestep window and not authorised by an operator".into())
                     } else {
                         Verdict::Apply(Change::Step { offset_s })
@@ -143,7 +145,7 @@ mod tests {
     fn a_step_needs_the_window_or_an_operator_and_budget() {
         let mut policy = ClockPolicy::new(3, NOW + 1, limits::MAX_SLEW_RATE_PPM);
         assert!(matches!(verdict(&policy, EngineToAdjuster::Step { offset_s: 2.0 }), Verdict::Apply(_)));
-        policy.automatic_steps_until_ns = NOW;
+        policy.automatic_steps_until_boot_ns = NOW;
         assert!(matches!(verdict(&policy, EngineToAdjuster::Step { offset_s: 2.0 }), Verdict::Refuse(_)));
         policy.authorise_operator_step().unwrap();
         let Verdict::Apply(change) = verdict(&policy, EngineToAdjuster::Step { offset_s: 2.0 }) else { panic!() };

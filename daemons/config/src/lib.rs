@@ -442,9 +442,11 @@ impl From<Level> for LogLevel {
     }
 }
 
-/// How the supervisor re-spawns a child that died: after a back-off that doubles
-/// with each restart inside the window, at most `budget` restarts per window; past
-/// the budget the process stays down and an alarm is logged.
+/// How the supervisor re-spawns a child that died. One that had been ready for
+/// `probation-ms` was healthy: it is re-spawned at once and its back-off starts
+/// over. One that dies again during its probation is in a crash loop: it waits a
+/// back-off that doubles with each such death, and after `budget` of them inside
+/// `window-s` it stays down with an alarm.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct RestartPolicy {
@@ -452,6 +454,7 @@ pub struct RestartPolicy {
     pub backoff_max_ms: Millis,
     pub budget: Budget,
     pub window_s: Seconds,
+    pub probation_ms: Millis,
 }
 
 impl Default for RestartPolicy {
@@ -461,12 +464,15 @@ impl Default for RestartPolicy {
             backoff_max_ms: Millis(10_000),
             budget: Budget(10),
             window_s: Seconds(60),
+            // Long against a start (tens of ms from exec to ready), short against
+            // the seconds a healthy process serves between two kills.
+            probation_ms: Millis(2_000),
         }
     }
 }
 
 impl RestartPolicy {
-    /// Delay before the `n`-th restart (1-based) inside the current window.
+    /// Delay before the `n`-th restart (1-based) of a crash loop.
     pub fn backoff(&self, n: u32) -> Duration {
         let initial = u64::from(self.backoff_initial_ms.0);
         let ms = initial.saturating_mul(1u64 << n.saturating_sub(1).min(30));
@@ -475,6 +481,10 @@ impl RestartPolicy {
 
     pub fn window(&self) -> Duration {
         Duration::from_secs(u64::from(self.window_s.0))
+    }
+
+    pub fn probation(&self) -> Duration {
+        Duration::from_millis(u64::from(self.probation_ms.0))
     }
 }
 
@@ -1099,6 +1109,7 @@ mod tests {
             backoff_max_ms: Millis(1000),
             budget: Budget(5),
             window_s: Seconds(60),
+            probation_ms: Millis(2000),
         };
         let ms: Vec<u128> = (1..=6).map(|n| p.backoff(n).as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);

@@ -152,13 +152,12 @@ impl Node {
         });
         system.set_adjustable(true);
         let backend = Backend::open(ClockBackendKind::System, None, system_now_ns())?;
-        // The appliance's first start is now: the makestep window runs from here.
+        // The appliance's first start is now: the makestep window runs from here,
+        // on the node's monotonic clock (`Node::now`, 0 at the start), as the
+        // adjuster's runs on CLOCK_BOOTTIME.
         let window_ns = (strata_policy::clock::STEP_WINDOW_S * 1e9) as i64;
-        let policy = ClockPolicy::new(
-            strata_policy::clock::STEP_BUDGET_PER_BOOT,
-            system_now_ns() + window_ns,
-            settings.max_slew_rate_ppm,
-        );
+        let policy =
+            ClockPolicy::new(strata_policy::clock::STEP_BUDGET_PER_BOOT, window_ns, settings.max_slew_rate_ppm);
         // No type flags: clknetsim's socket() refuses them.
         let socket = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::empty(), None)
             .map_err(|e| format!("socket: {e}"))?;
@@ -196,7 +195,7 @@ impl Node {
         loop {
             self.end_slew_if_due();
             // What the adjuster's status tells the engine.
-            let steps = self.policy.automatic_steps_allowed(system_now_ns()) && self.policy.steps_left > 0;
+            let steps = self.policy.automatic_steps_allowed(self.now().0) && self.policy.steps_left > 0;
             self.system.set_automatic_steps_allowed(steps);
             self.read_refclocks();
             let mut random = self.random;
@@ -347,13 +346,14 @@ impl Node {
     fn adjust(&mut self, action: ClockAction) {
         let request = adjuster_request(action);
         let now_ns = system_now_ns();
+        let boot_ns = self.now().0;
         if let EngineToAdjuster::SetLeap(leap) = request {
             if let Err(e) = self.backend.set_leap(leap) {
                 warn!("refused: {e}");
             }
             return;
         }
-        match self.policy.check(&request, now_ns) {
+        match self.policy.check(&request, boot_ns) {
             None => {}
             Some(Err(Breach::Violation(reason))) => warn!("protocol violation: {reason}"),
             Some(Err(Breach::Panic(reason))) => {

@@ -13,6 +13,7 @@ mod logs;
 mod notify;
 pub mod refclocks;
 mod resolve;
+mod restart;
 mod status;
 mod supervisor;
 

@@ -86,6 +86,8 @@ struct Instance {
     channel: Option<Channel>,
     phase: Phase,
     ready_since: Option<SystemTime>,
+    /// The same moment on the monotonic clock: its probation runs from here.
+    ready_at: Option<Instant>,
     /// Peers whose handshake completed, with the id of that channel.
     linked: BTreeMap<Role, u64>,
 }
@@ -99,9 +101,7 @@ struct Slot {
     role: Role,
     identity: Option<Identity>,
     instance: Option<Instance>,
-    /// Restarts inside the current window.
-    recent_restarts: Vec<Instant>,
-    restarts: u32,
+    restarts: crate::restart::Restarts,
     spawns: u32,
     respawn_at: Option<Instant>,
     last_exit: Option<String>,
@@ -176,8 +176,7 @@ impl Supervisor {
                 role,
                 identity,
                 instance: None,
-                recent_restarts: Vec::new(),
-                restarts: 0,
+                restarts: Default::default(),
                 spawns: 0,
                 respawn_at: Some(Instant::now()),
                 last_exit: None,
@@ -383,12 +382,13 @@ impl Supervisor {
                     channel: Some(ours),
                     phase: Phase::Greeting,
                     ready_since: None,
+                    ready_at: None,
                     linked: BTreeMap::new(),
                 });
             }
             Err(e) => {
                 error!(process = %role, "cannot spawn {}: {e}", self.bin_dir.join(role.binary()).display());
-                self.after_death(i, format!("could not be spawned: {e}"), false);
+                self.after_death(i, format!("could not be spawned: {e}"), false, None);
             }
         }
         self.publish();
@@ -406,7 +406,7 @@ impl Supervisor {
             Role::Adjust => Settings::Adjust(AdjustSettings {
                 backend: self.config.clock.backend.0,
                 steps_left: strata_policy::clock::STEP_BUDGET_PER_BOOT.saturating_sub(self.steps.used),
-                automatic_steps_until_ns: self.steps.first_start_ns
+                automatic_steps_until_boot_ns: self.steps.first_start_boot_ns
                     + (strata_policy::clock::STEP_WINDOW_S * 1e9) as i64,
                 max_slew_rate_ppm: crate::refclocks::slew_rate_ppm(&self.config),
             }),
@@ -446,6 +446,7 @@ impl Supervisor {
             Ok(Some(ChildToSupervisor::Ready)) if matches!(instance.phase, Phase::Starting) => {
                 instance.phase = Phase::Ready;
                 instance.ready_since = Some(SystemTime::now());
+                instance.ready_at = Some(Instant::now());
                 info!(process = %role, pid = %instance.pid, "ready");
                 self.link(i);
                 self.publish();
@@ -627,13 +628,13 @@ impl Supervisor {
             return;
         };
         warn!(process = %self.slots[i].role, %pid, "{why}");
-        self.slots[i].instance = None;
+        let ready_at = self.slots[i].instance.take().and_then(|x| x.ready_at);
         self.links.retain(|_, l| l.ends.iter().all(|&(_, p)| p != pid));
-        self.after_death(i, why, do_not_respawn);
+        self.after_death(i, why, do_not_respawn, ready_at);
         self.publish();
     }
 
-    fn after_death(&mut self, i: usize, why: String, do_not_respawn: bool) {
+    fn after_death(&mut self, i: usize, why: String, do_not_respawn: bool, ready_at: Option<Instant>) {
         let policy = self.config.supervisor.restart;
         let slot = &mut self.slots[i];
         slot.last_exit = Some(why.clone());
@@ -648,22 +649,21 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        slot.recent_restarts.retain(|&t| now.duration_since(t) < policy.window());
-        if slot.recent_restarts.len() >= policy.budget.0 as usize {
-            slot.failed = true;
-            let alarm = format!(
-                "{} exhausted its restart budget ({} restarts in {} s); it stays down",
-                slot.role, policy.budget.0, policy.window_s.0
-            );
-            error!("ALARM: {alarm}");
-            self.alarms.push(alarm);
-            return;
+        match slot.restarts.on_death(&policy, now, ready_at) {
+            crate::restart::Decision::GiveUp => {
+                slot.failed = true;
+                let alarm = format!(
+                    "{} exhausted its restart budget ({} deaths within {} ms of start in {} s); it stays down",
+                    slot.role, policy.budget.0, policy.probation_ms.0, policy.window_s.0
+                );
+                error!("ALARM: {alarm}");
+                self.alarms.push(alarm);
+            }
+            crate::restart::Decision::RespawnAt(at) => {
+                info!(process = %slot.role, "re-spawning in {} ms", at.duration_since(now).as_millis());
+                slot.respawn_at = Some(at);
+            }
         }
-        slot.recent_restarts.push(now);
-        slot.restarts += 1;
-        let delay = policy.backoff(slot.recent_restarts.len() as u32);
-        info!(process = %slot.role, "re-spawning in {} ms", delay.as_millis());
-        slot.respawn_at = Some(now + delay);
     }
 
     /// Stop the children in reverse start order; SIGKILL those that do not exit in time.
@@ -738,7 +738,7 @@ impl Supervisor {
                         .and_then(|x| x.ready_since)
                         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)),
                     spawns: s.spawns,
-                    restarts: s.restarts,
+                    restarts: s.restarts.total,
                     last_exit: s.last_exit.clone(),
                     linked: s.instance.iter().flat_map(|x| x.linked.keys().map(|r| r.name().to_string())).collect(),
                 }
@@ -771,8 +771,8 @@ impl Supervisor {
 /// tells a new boot (whose budget is fresh) from a restart.
 struct StepLedger {
     boot_id: String,
-    /// When the appliance first started in this boot (system time, ns).
-    first_start_ns: i64,
+    /// When the appliance first started in this boot (CLOCK_BOOTTIME, ns).
+    first_start_boot_ns: i64,
     used: u32,
 }
 
@@ -781,7 +781,7 @@ const STEP_LEDGER: &str = "clock-steps";
 impl StepLedger {
     fn load(dir: &Path) -> std::io::Result<StepLedger> {
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_string();
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let now = strata_sys::boottime_ns();
         let saved = std::fs::read_to_string(dir.join(STEP_LEDGER)).unwrap_or_default();
         let mut words = saved.split_whitespace();
         let ledger = match (
@@ -789,10 +789,14 @@ impl StepLedger {
             words.next().and_then(|w| w.parse().ok()),
             words.next().and_then(|w| w.parse().ok()),
         ) {
-            (Some(id), Some(first_start_ns), Some(used)) if id == boot_id => {
-                StepLedger { boot_id, first_start_ns, used }
-            }
-            _ => StepLedger { boot_id, first_start_ns: now, used: 0 },
+            // A start later than now is an older ledger's system time: the window
+            // is then counted from the boot, which can only close it sooner.
+            (Some(id), Some(first_start_boot_ns), Some(used)) if id == boot_id => StepLedger {
+                boot_id,
+                first_start_boot_ns: if first_start_boot_ns > now { 0 } else { first_start_boot_ns },
+                used,
+            },
+            _ => StepLedger { boot_id, first_start_boot_ns: now, used: 0 },
         };
         ledger.save(dir)?;
         Ok(ledger)
@@ -803,7 +807,7 @@ impl StepLedger {
         use std::io::Write;
         let tmp = dir.join(format!(".{STEP_LEDGER}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{} {} {}", self.boot_id, self.first_start_ns, self.used)?;
+        writeln!(f, "{} {} {}", self.boot_id, self.first_start_boot_ns, self.used)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(STEP_LEDGER))
     }

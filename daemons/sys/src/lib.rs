@@ -351,6 +351,18 @@ pub fn random_u64() -> io::Result<u64> {
     }
 }
 
+/// CLOCK_BOOTTIME in ns: time since boot, suspend included, which no clock
+/// adjustment moves. The adjuster's permissions are timed on it, never on the
+/// clock it adjusts (a backward step would otherwise widen its own window).
+pub fn boottime_ns() -> i64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec for the call to write; CLOCK_BOOTTIME exists
+    // on every kernel strata supports, so the call cannot fail with these arguments.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut t) };
+    debug_assert_eq!(rc, 0);
+    t.tv_sec * 1_000_000_000 + t.tv_nsec
+}
+
 /// Open a device with the C library's plain `open(2)` (Rust's `File::open` calls
 /// `open64`): clknetsim, under which `strata-simnode` runs, intercepts `open` only,
 /// and answers `/dev/ptpN` with a simulated PHC.
