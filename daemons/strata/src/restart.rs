@@ -61,16 +61,11 @@ impl Restarts {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use strata_config::{Budget, Millis, Seconds};
 
+    /// The shipped defaults: 50 ms doubling to 10 s, 10 crash-loop deaths in 60 s,
+    /// a 2 s probation.
     fn policy() -> RestartPolicy {
-        RestartPolicy {
-            backoff_initial_ms: Millis(50),
-            backoff_max_ms: Millis(10_000),
-            budget: Budget(10),
-            window_s: Seconds(60),
-            probation_ms: Millis(2_000),
-        }
+        RestartPolicy::default()
     }
 
     fn ms(n: u64) -> Duration {

@@ -85,8 +85,8 @@ struct Instance {
     pid: Pid,
     channel: Option<Channel>,
     phase: Phase,
-    ready_since: Option<SystemTime>,
-    /// The same moment on the monotonic clock: its probation runs from here.
+    /// When it said Ready (monotonic: its probation runs from here; status.json's
+    /// wall-clock time is derived from it).
     ready_at: Option<Instant>,
     /// Peers whose handshake completed, with the id of that channel.
     linked: BTreeMap<Role, u64>,
@@ -381,7 +381,6 @@ impl Supervisor {
                     pid,
                     channel: Some(ours),
                     phase: Phase::Greeting,
-                    ready_since: None,
                     ready_at: None,
                     linked: BTreeMap::new(),
                 });
@@ -445,7 +444,6 @@ impl Supervisor {
             }
             Ok(Some(ChildToSupervisor::Ready)) if matches!(instance.phase, Phase::Starting) => {
                 instance.phase = Phase::Ready;
-                instance.ready_since = Some(SystemTime::now());
                 instance.ready_at = Some(Instant::now());
                 info!(process = %role, pid = %instance.pid, "ready");
                 self.link(i);
@@ -735,7 +733,8 @@ impl Supervisor {
                     ready_since_ms: s
                         .instance
                         .as_ref()
-                        .and_then(|x| x.ready_since)
+                        .and_then(|x| x.ready_at)
+                        .and_then(|t| SystemTime::now().checked_sub(t.elapsed()))
                         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_millis() as u64)),
                     spawns: s.spawns,
                     restarts: s.restarts.total,
