@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod accusation;
 mod audit;
 mod control;
 mod hwtimestamp;

@@ -97,6 +97,12 @@ struct LinkEnds {
     ends: [(Role, Pid); 2],
 }
 
+/// A pair to link again once the pause after an accusation is over.
+struct Relink {
+    at: Instant,
+    ends: [(Role, Pid); 2],
+}
+
 struct Slot {
     role: Role,
     identity: Option<Identity>,
@@ -121,6 +127,8 @@ struct Supervisor {
     stopping: bool,
     links: HashMap<u64, LinkEnds>,
     next_link: u64,
+    evidence: crate::accusation::Evidence,
+    relinks: Vec<Relink>,
     /// The simulated clock's model file, opened once: read-write for the adjuster,
     /// read-only for the engine.
     clock_model: Option<(OwnedFd, OwnedFd)>,
@@ -270,6 +278,8 @@ impl Supervisor {
                 stopping: false,
                 links: HashMap::new(),
                 next_link: 1,
+                evidence: Default::default(),
+                relinks: Vec::new(),
                 clock_model,
                 phc,
                 steps,
@@ -287,7 +297,13 @@ impl Supervisor {
         let mut buf = vec![0u8; MAX_FRAME];
         self.spawn_due();
         loop {
-            let next = self.slots.iter().filter_map(|s| s.respawn_at).chain(self.notifier.next_watchdog()).min();
+            let next = self
+                .slots
+                .iter()
+                .filter_map(|s| s.respawn_at)
+                .chain(self.relinks.iter().map(|r| r.at))
+                .chain(self.notifier.next_watchdog())
+                .min();
             let timeout = match next {
                 None => PollTimeout::NONE,
                 Some(at) => {
@@ -345,6 +361,7 @@ impl Supervisor {
                 return self.stop(ExitCode::FAILURE);
             }
             self.spawn_due();
+            self.relink_due();
             self.notifier.watchdog();
         }
     }
@@ -460,20 +477,18 @@ impl Supervisor {
                 if instance.linked.get(&peer) == Some(&link) {
                     instance.linked.remove(&peer);
                 }
-                let accused = self.links.remove(&link).and_then(|l| l.ends.into_iter().find(|&(r, _)| r == peer));
+                // Only a report about a channel between the reporter and `peer` counts.
+                let reporter = instance.pid;
+                let accused = match self.links.get(&link).map(|l| l.ends) {
+                    Some([a, b]) if a == (role, reporter) && b.0 == peer => Some(b.1),
+                    Some([b, a]) if a == (role, reporter) && b.0 == peer => Some(b.1),
+                    _ => None,
+                };
+                if accused.is_some() {
+                    self.links.remove(&link);
+                }
                 if reason == UnlinkReason::Violation {
-                    // A process that breaks the protocol is presumed broken or
-                    // compromised: replace it with a fresh one from exec — if the
-                    // accused is still the instance at that end of that channel.
-                    let j = self.slots.iter().position(|s| s.role == peer);
-                    let current = j.and_then(|j| self.slots[j].instance.as_ref().map(|x| x.pid));
-                    match (j, accused) {
-                        (Some(j), Some((_, pid))) if current == Some(pid) => {
-                            warn!(process = %role, %peer, "dropped {peer} for a protocol violation; re-spawning {peer}");
-                            self.kill_instance(j);
-                        }
-                        _ => info!(process = %role, %peer, "dropped an old channel to {peer} for a protocol violation"),
-                    }
+                    self.on_accusation(role, reporter, peer, accused);
                 }
                 self.publish();
             }
@@ -559,33 +574,83 @@ impl Supervisor {
 
     /// Give a newly ready child a fresh channel to each ready peer.
     fn link(&mut self, i: usize) {
-        let role = self.slots[i].role;
-        for peer in role.peers() {
-            let Some(j) = self.slots.iter().position(|s| s.role == peer) else {
-                continue;
-            };
-            let peer_ready = self.slots[j].instance.as_ref().is_some_and(|p| matches!(p.phase, Phase::Ready));
-            if !peer_ready {
-                continue;
+        for peer in self.slots[i].role.peers() {
+            if let Some(j) = self.slots.iter().position(|s| s.role == peer) {
+                self.link_pair(i, j);
             }
-            let link = self.next_link;
-            self.next_link += 1;
-            let pids = [i, j].map(|k| self.slots[k].instance.as_ref().map(|x| x.pid).expect("both ready"));
-            self.links.insert(link, LinkEnds { ends: [(role, pids[0]), (peer, pids[1])] });
-            let (a, b) = match Channel::pair() {
-                Ok(p) => p,
-                Err(e) => {
-                    error!("cannot create a channel {role} <-> {peer}: {e}");
-                    continue;
-                }
-            };
-            for (k, other, end) in [(i, peer, &a), (j, role, &b)] {
-                let ch = self.slots[k].instance.as_ref().and_then(|x| x.channel.as_ref());
-                if let Some(ch) = ch
-                    && let Err(e) = ch.send(&SupervisorToChild::Peer { peer: other, link }, Some(end.as_fd()))
-                {
-                    warn!(process = %self.slots[k].role, "cannot hand over its channel to {other}: {e}");
-                }
+        }
+    }
+
+    /// A fresh channel between two ready children.
+    fn link_pair(&mut self, i: usize, j: usize) {
+        let ready =
+            |k: usize| self.slots[k].instance.as_ref().filter(|x| matches!(x.phase, Phase::Ready)).map(|x| x.pid);
+        let (Some(pid_i), Some(pid_j)) = (ready(i), ready(j)) else {
+            return;
+        };
+        let (role, peer) = (self.slots[i].role, self.slots[j].role);
+        let link = self.next_link;
+        self.next_link += 1;
+        self.links.insert(link, LinkEnds { ends: [(role, pid_i), (peer, pid_j)] });
+        let (a, b) = match Channel::pair() {
+            Ok(p) => p,
+            Err(e) => {
+                error!("cannot create a channel {role} <-> {peer}: {e}");
+                return;
+            }
+        };
+        for (k, other, end) in [(i, peer, &a), (j, role, &b)] {
+            let ch = self.slots[k].instance.as_ref().and_then(|x| x.channel.as_ref());
+            if let Some(ch) = ch
+                && let Err(e) = ch.send(&SupervisorToChild::Peer { peer: other, link }, Some(end.as_fd()))
+            {
+                warn!(process = %self.slots[k].role, "cannot hand over its channel to {other}: {e}");
+            }
+        }
+    }
+
+    /// `accuser` (instance `reporter`) dropped its channel to `peer` for a protocol
+    /// violation; `accused` is the instance that was at the other end, if that
+    /// channel was known. See `accusation.rs` for whose word is acted on.
+    fn on_accusation(&mut self, accuser: Role, reporter: Pid, peer: Role, accused: Option<Pid>) {
+        let Some(j) = self.slots.iter().position(|s| s.role == peer) else {
+            return;
+        };
+        let current = self.slots[j].instance.as_ref().map(|x| x.pid);
+        let Some(pid) = accused.filter(|&p| current == Some(p)) else {
+            // Debug only: anyone can name a channel that is gone, as often as it likes.
+            debug!(process = %accuser, %peer, "dropped an old channel to {peer} for a protocol violation");
+            return;
+        };
+        match self.evidence.report(accuser, peer, pid.as_raw(), Instant::now()) {
+            crate::accusation::Verdict::Replace => {
+                warn!(process = %accuser, %peer, "dropped {peer} for a protocol violation; re-spawning {peer}");
+                self.kill_instance(j);
+            }
+            crate::accusation::Verdict::RelinkAt(at) => {
+                warn!(
+                    process = %accuser, %peer, accused = %pid,
+                    "dropped {peer} for a protocol violation; kept as evidence ({peer} keeps running), \
+                     linking the two again in {} ms",
+                    at.saturating_duration_since(Instant::now()).as_millis()
+                );
+                self.relinks.push(Relink { at, ends: [(accuser, reporter), (peer, pid)] });
+            }
+        }
+    }
+
+    /// Link again the pairs whose pause after an accusation is over, if both
+    /// instances still live (a successor was linked when it became ready).
+    fn relink_due(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<Relink>, Vec<Relink>) = self.relinks.drain(..).partition(|r| r.at <= now);
+        self.relinks = later;
+        for r in due {
+            let [i, j] = r.ends.map(|(role, pid)| {
+                self.slots.iter().position(|s| s.role == role && s.instance.as_ref().is_some_and(|x| x.pid == pid))
+            });
+            if let (Some(i), Some(j)) = (i, j) {
+                self.link_pair(i, j);
             }
         }
     }
@@ -628,6 +693,7 @@ impl Supervisor {
         warn!(process = %self.slots[i].role, %pid, "{why}");
         let ready_at = self.slots[i].instance.take().and_then(|x| x.ready_at);
         self.links.retain(|_, l| l.ends.iter().all(|&(_, p)| p != pid));
+        self.evidence.forget(pid.as_raw());
         self.after_death(i, why, do_not_respawn, ready_at);
         self.publish();
     }
