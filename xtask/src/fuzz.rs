@@ -1,17 +1,19 @@
-//! `cargo xtask fuzz <target> [--seconds N]`: coverage-guided fuzzing with libFuzzer
-//! through cargo-fuzz, on the stable toolchain.
+//! `cargo xtask fuzz <target>|--all [--seconds N]`: coverage-guided fuzzing with
+//! libFuzzer through cargo-fuzz, on the stable toolchain, of every parser of
+//! untrusted input (`--all`: each target in turn, N seconds each).
 //!
-//! The targets live in proto/fuzz, a crate outside the workspace. cargo-fuzz builds
+//! The targets live in fuzz/, a crate outside the workspace. cargo-fuzz builds
 //! them with sanitizer-coverage instrumentation (`-Cpasses=sancov-module` and
 //! `-Cllvm-args=-sanitizer-coverage-*`), all of which stable rustc accepts; only a
 //! sanitizer runtime would need `-Zsanitizer`, i.e. nightly or `RUSTC_BOOTSTRAP=1`.
-//! None is linked (`--sanitizer none`): strata-proto forbids `unsafe`, so
-//! AddressSanitizer would find nothing the bounds checks don't, at half the speed.
+//! None is linked (`--sanitizer none`): every crate fuzzed forbids `unsafe` but
+//! strata-sys, whose calls no target makes, so AddressSanitizer would find nothing
+//! the bounds checks don't, at half the speed.
 //! Debug assertions (overflow checks) are on.
 //!
-//! The committed seeds in proto/fuzz/corpus/<target> are read only; what libFuzzer
-//! finds goes to proto/fuzz/target/corpus/<target> (ignored by git, kept between
-//! runs). A failing input is written to proto/fuzz/artifacts/<target>/.
+//! The committed seeds in fuzz/corpus/<target> are read only; what libFuzzer
+//! finds goes to fuzz/target/corpus/<target> (ignored by git, kept between
+//! runs). A failing input is written to fuzz/artifacts/<target>/.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,31 +21,46 @@ use std::path::{Path, PathBuf};
 
 use crate::{Result, cargo, root};
 
-/// Fuzz targets: the name `cargo xtask fuzz` takes, the cargo-fuzz target in proto/fuzz.
-const TARGETS: &[(&str, &str)] = &[("ntp-packet", "ntp_packet")];
+/// Fuzz targets: the name `cargo xtask fuzz` takes, the cargo-fuzz target in fuzz/,
+/// and the longest input libFuzzer makes for it.
+const TARGETS: &[(&str, &str, usize)] = &[
+    // Room for 16 extension fields, short of a 64 KiB datagram, which would only
+    // slow every mutation down.
+    ("ntp-packet", "ntp_packet", 4096),
+    // A channel byte and one frame (frames are at most 16 KiB; the messages that
+    // fill them are lists, which a few KiB already exercise).
+    ("ipc-frames", "ipc_frames", 4096),
+    // A sequence of frames to the adjuster.
+    ("adjuster-requests", "adjuster_requests", 4096),
+    ("config", "config", 8192),
+    ("import-chrony", "import_chrony", 8192),
+    // A SOCK datagram (40 bytes) or two SHM snapshots (96 bytes each).
+    ("refclock-samples", "refclock_samples", 256),
+];
 
 const DEFAULT_SECONDS: u64 = 600;
 
 /// Installed from crates.io when `cargo fuzz` is missing.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Longest input libFuzzer makes: room for 16 extension fields, short of a 64 KiB
-/// datagram, which would only slow every mutation down.
-const MAX_LEN: usize = 4096;
-
 fn usage() -> String {
-    let names: Vec<&str> = TARGETS.iter().map(|&(name, _)| name).collect();
-    format!("usage: cargo xtask fuzz <{}> [--seconds N] (default {DEFAULT_SECONDS})", names.join("|"))
+    let names: Vec<&str> = TARGETS.iter().map(|&(name, _, _)| name).collect();
+    format!("usage: cargo xtask fuzz <{}|--all> [--seconds N] (default {DEFAULT_SECONDS})", names.join("|"))
 }
 
 pub fn fuzz(args: &[String]) -> Result {
     let mut target = None;
+    let mut all = false;
     let mut seconds = DEFAULT_SECONDS;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let value = match arg.strip_prefix("--seconds") {
             Some("") => args.next().map(String::as_str),
             Some(rest) => rest.strip_prefix('='),
+            None if arg == "--all" => {
+                all = true;
+                continue;
+            }
             None if target.is_none() && !arg.starts_with('-') => {
                 target = Some(arg.as_str());
                 continue;
@@ -55,15 +72,31 @@ pub fn fuzz(args: &[String]) -> Result {
             .filter(|&s| s > 0)
             .ok_or_else(|| format!("--seconds needs a positive whole number\n{}", usage()))?;
     }
-    let target = target.ok_or_else(usage)?;
-    let &(_, fuzz_target) = TARGETS
-        .iter()
-        .find(|&&(name, bin)| target == name || target == bin)
-        .ok_or_else(|| format!("no fuzz target {target:?}\n{}", usage()))?;
-
+    let chosen: Vec<(&str, usize)> = match (target, all) {
+        (None, true) => TARGETS.iter().map(|&(_, bin, len)| (bin, len)).collect(),
+        (Some(target), false) => {
+            let &(_, bin, len) = TARGETS
+                .iter()
+                .find(|&&(name, bin, _)| target == name || target == bin)
+                .ok_or_else(|| format!("no fuzz target {target:?}\n{}", usage()))?;
+            vec![(bin, len)]
+        }
+        _ => return Err(usage()),
+    };
     ensure_cargo_fuzz()?;
+    let mut summary = Vec::new();
+    for (fuzz_target, max_len) in chosen {
+        summary.push(run_target(fuzz_target, max_len, seconds)?);
+    }
+    for line in summary {
+        eprintln!("xtask: {line}");
+    }
+    Ok(())
+}
 
-    let fuzz_dir = root().join("proto/fuzz");
+/// Run one target for `seconds`; its summary line (executions, corpus) on success.
+fn run_target(fuzz_target: &str, max_len: usize, seconds: u64) -> Result<String> {
+    let fuzz_dir = root().join("fuzz");
     let seeds = fuzz_dir.join("corpus").join(fuzz_target);
     let corpus = fuzz_dir.join("target/corpus").join(fuzz_target);
     let artifacts = fuzz_dir.join("artifacts").join(fuzz_target);
@@ -80,24 +113,39 @@ pub fn fuzz(args: &[String]) -> Result {
         .arg(fuzz_dir.join("target"))
         .arg(fuzz_target)
         // libFuzzer adds new inputs to the first directory only.
-        .arg(&corpus)
-        .arg(&seeds)
-        .arg("--")
+        .arg(&corpus);
+    if seeds.is_dir() {
+        cmd.arg(&seeds);
+    }
+    cmd.arg("--")
         .arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-max_len={MAX_LEN}"))
+        .arg(format!("-max_len={max_len}"))
         // An input that takes this long is a hang, and a failure.
         .arg("-timeout=10")
         .arg("-print_final_stats=1")
-        .current_dir(root());
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped());
     eprintln!("$ {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    // libFuzzer reports on stderr: pass it through and keep its final stats.
+    let mut executions = None;
+    if let Some(stderr) = child.stderr.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(std::result::Result::ok) {
+            eprintln!("{line}");
+            if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
+                executions = n.trim().parse::<u64>().ok();
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("{cmd:?}: {e}"))?;
 
     let found: Vec<PathBuf> = files_in(&artifacts)?.difference(&known).cloned().collect();
     for path in &found {
         eprintln!("xtask: fuzz target {fuzz_target} failed on input {}", path.display());
         eprintln!(
             "xtask: reproduce with: cargo fuzz run --sanitizer none --debug-assertions \
-             --fuzz-dir proto/fuzz {fuzz_target} {}",
+             --fuzz-dir fuzz {fuzz_target} {}",
             path.display()
         );
     }
@@ -107,8 +155,12 @@ pub fn fuzz(args: &[String]) -> Result {
     if !status.success() {
         return Err(format!("cargo fuzz run {fuzz_target} failed: {status}"));
     }
-    eprintln!("xtask: fuzz target {fuzz_target}: {seconds} s, no failure; corpus in {}", corpus.display());
-    Ok(())
+    let inputs = files_in(&corpus)?.len();
+    Ok(format!(
+        "fuzz target {fuzz_target}: {seconds} s, {} executions, 0 crashes; corpus {inputs} inputs in {}",
+        executions.map_or("?".to_string(), |n| n.to_string()),
+        corpus.display()
+    ))
 }
 
 /// `cargo fuzz`, installed from crates.io if missing.

@@ -7,8 +7,8 @@
 //!   simulator, side by side (with `--ci`, the guard that `ci` runs).
 //! - `cargo xtask bench server`: the same NTP load offered to strata and chronyd, one
 //!   table of answered rate, loss and response time (see BENCHMARKS.md).
-//! - `cargo xtask fuzz ntp-packet [--seconds N]`: libFuzzer on the NTP packet parser
-//!   (proto/fuzz, see its README.md); fails on any crashing input.
+//! - `cargo xtask fuzz <target>|--all [--seconds N]`: libFuzzer on every parser of
+//!   untrusted input (fuzz/, see its README.md); fails on any crashing input.
 //! - `cargo xtask sim [--scenario NAME] [--seed N]`: strata-sync's filter, selection
 //!   and discipline against a deterministic simulated world, one table (BENCHMARKS.md).
 //! - `cargo xtask install --destdir DIR [--release | --bin-dir DIR]`: install exactly
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Some("deb") => deb::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|demo|bench server|fuzz ntp-packet|sim|clknetsim|install --destdir DIR|deb>"
+                "usage: cargo xtask <ci|demo|bench server|fuzz TARGET|--all|sim|clknetsim|install --destdir DIR|deb>"
             );
             return ExitCode::from(2);
         }
@@ -151,7 +151,10 @@ fn ci() -> Result {
     run(cargo().args(["test", "--workspace"]))?;
     // Keeping time, measured: strata's RMS offsets in seeded clknetsim runs may
     // only get better than the bounds recorded in the repository.
-    clknetsim::main(&["--ci".to_string()])
+    clknetsim::main(&["--ci".to_string()])?;
+    // Every parser of untrusted input, briefly: a crash found fails CI (the long
+    // runs are recorded in SECURITY.md).
+    fuzz::fuzz(&["--all".to_string(), "--seconds".to_string(), "10".to_string()])
 }
 
 fn demo() -> Result {

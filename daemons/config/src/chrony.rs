@@ -368,7 +368,7 @@ impl Importer {
         while let Some(&word) = words.next() {
             let option = word.to_ascii_lowercase();
             if matches!(option.as_str(), "iburst" | "prefer" | "noselect" | "trust" | "require" | "xleave") {
-                keys.push(format!("{option} = true"));
+                set_key(&mut keys, format!("{option} = true"));
                 continue;
             }
             if matches!(option.as_str(), "key" | "nts") {
@@ -425,7 +425,7 @@ impl Importer {
                 },
             };
             match parsed {
-                Ok(Ok(key)) if !key.is_empty() => keys.push(key),
+                Ok(Ok(key)) if !key.is_empty() => set_key(&mut keys, key),
                 Ok(Ok(_)) => {}
                 Ok(Err(why)) => left_out.push(format!("option `{option}`: {why}")),
                 Err(why) => return self.invalid(line, format!("`{option}`: {why}")),
@@ -485,7 +485,7 @@ impl Importer {
         let mut left_out = Vec::new();
         for extra in extras.split(':').filter(|e| !e.is_empty()) {
             if pps && extra.eq_ignore_ascii_case("clear") {
-                keys.push("clear = true".to_string());
+                set_key(&mut keys, "clear = true".to_string());
             } else {
                 left_out.push(format!("driver option `{extra}`: strata's {driver} driver has no such option"));
             }
@@ -496,7 +496,7 @@ impl Importer {
         while let Some(&word) = words.next() {
             let option = word.to_ascii_lowercase();
             if matches!(option.as_str(), "prefer" | "noselect" | "trust" | "require" | "tai") {
-                keys.push(format!("{option} = true"));
+                set_key(&mut keys, format!("{option} = true"));
                 continue;
             }
             let Some(&value) = (!matches!(option.as_str(), "pps" | "local")).then(|| words.next()).flatten() else {
@@ -536,7 +536,7 @@ impl Importer {
                 }
             };
             match key {
-                Ok(key) => keys.push(key),
+                Ok(key) => set_key(&mut keys, key),
                 Err(why) if why.starts_with("strata: ") => left_out.push(format!("option `{option} {value}`: {why}")),
                 Err(why) => return self.invalid(line, format!("`{option}`: {why}")),
             }
@@ -838,6 +838,14 @@ fn selection_value(directive: &str, value: &str) -> Result<String, String> {
     }
 }
 
+/// Add `key = value` to a table's keys; an option given twice on one chrony line
+/// keeps its last value, as chronyd does (and TOML allows each key once).
+fn set_key(keys: &mut Vec<String>, key: String) {
+    let name = |k: &str| k.split(" = ").next().unwrap_or_default().to_string();
+    keys.retain(|k| name(k) != name(&key));
+    keys.push(key);
+}
+
 fn set(slot: &mut Option<Item>, mut item: Item) {
     if let Some(old) = slot.take() {
         let mut comments = old.comments;
@@ -926,6 +934,18 @@ mod tests {
         assert_eq!(c.upstream[0].address, UpstreamAddress::Name { host: "pool.ntp.org".into(), port: 123 });
         assert_eq!(c.upstream[1].address, UpstreamAddress::Ip("[2001:db8::1]:1123".parse().unwrap()));
         assert_eq!(c.upstream[2].address, UpstreamAddress::Name { host: "ntp.example".into(), port: 11 });
+    }
+
+    #[test]
+    fn an_option_given_twice_keeps_its_last_value_as_chronyd_does() {
+        // Found by the import_chrony fuzz target: the output had duplicate keys.
+        let (config, _) = import_ok(
+            "refclock PHC /dev/ptp0 poll 0 offset 0.1 refid PTP poll 2 offset 0.2 prefer prefer\n\
+             server 192.0.2.1 minpoll 4 iburst minpoll 6 iburst\n",
+        );
+        assert_eq!(config.refclock[0].poll.0, 2);
+        assert_eq!(config.refclock[0].offset, 0.2);
+        assert_eq!(config.upstream[0].minpoll.0, 6);
     }
 
     #[test]

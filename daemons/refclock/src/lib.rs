@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 mod pps;
 pub mod shm;
-mod sock;
+pub mod sock;
 
 /// The process, as its binary runs it.
 pub fn main() -> ExitCode {
