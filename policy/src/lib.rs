@@ -1,6 +1,6 @@
 //! strata's reviewed policies.
 //!
-//! `seccomp/<arch>/<process>.json` holds one allowlist per sandboxed process, one rule
+//! `seccomp/<arch>/<process>.json` holds one allowlist per process, one rule
 //! per syscall, each with a comment saying why the process needs it. `build.rs`
 //! compiles them into classic BPF; a broken or uncommented policy fails the build.
 //! The default action of every filter is to kill the whole process.
@@ -31,20 +31,51 @@ pub struct SeccompPolicy {
     pub source: &'static str,
 }
 
-macro_rules! policy {
-    ($process:literal, $prog:ident, $sys:ident, $src:ident) => {
-        SeccompPolicy { process: $process, program: compiled::$prog, syscalls: compiled::$sys, source: compiled::$src }
+macro_rules! policies {
+    ($arch:ident) => {
+        [
+            policy!("ntp", $arch, NTP, NTP_SYSCALLS, NTP_SOURCE),
+            policy!("refclock", $arch, REFCLOCK, REFCLOCK_SYSCALLS, REFCLOCK_SOURCE),
+            policy!("adjust", $arch, ADJUST, ADJUST_SYSCALLS, ADJUST_SOURCE),
+            policy!("control", $arch, CONTROL, CONTROL_SYSCALLS, CONTROL_SOURCE),
+            policy!("supervisor", $arch, SUPERVISOR, SUPERVISOR_SYSCALLS, SUPERVISOR_SOURCE),
+        ]
     };
 }
 
-pub const NTP: SeccompPolicy = policy!("ntp", NTP, NTP_SYSCALLS, NTP_SOURCE);
-pub const REFCLOCK: SeccompPolicy = policy!("refclock", REFCLOCK, REFCLOCK_SYSCALLS, REFCLOCK_SOURCE);
-pub const ADJUST: SeccompPolicy = policy!("adjust", ADJUST, ADJUST_SYSCALLS, ADJUST_SOURCE);
-pub const CONTROL: SeccompPolicy = policy!("control", CONTROL, CONTROL_SYSCALLS, CONTROL_SOURCE);
+macro_rules! policy {
+    ($process:literal, $arch:ident, $prog:ident, $sys:ident, $src:ident) => {
+        SeccompPolicy {
+            process: $process,
+            program: compiled::$arch::$prog,
+            syscalls: compiled::$arch::$sys,
+            source: compiled::$arch::$src,
+        }
+    };
+}
 
-/// The policy of the process with this name (`ntp`, `refclock`, `adjust`, `control`).
+/// The policies compiled for each architecture, in the order ntp, refclock, adjust,
+/// control, supervisor; whatever the target, so that tests check them all.
+pub const X86_64: [SeccompPolicy; 5] = policies!(x86_64);
+pub const AARCH64: [SeccompPolicy; 5] = policies!(aarch64);
+
+#[cfg(target_arch = "x86_64")]
+const NATIVE: [SeccompPolicy; 5] = X86_64;
+#[cfg(target_arch = "aarch64")]
+const NATIVE: [SeccompPolicy; 5] = AARCH64;
+
+pub const NTP: SeccompPolicy = NATIVE[0];
+pub const REFCLOCK: SeccompPolicy = NATIVE[1];
+pub const ADJUST: SeccompPolicy = NATIVE[2];
+pub const CONTROL: SeccompPolicy = NATIVE[3];
+/// The supervisor's, installed once its privileged start-up is done. Every child
+/// inherits it (filters stack), so it admits each child's start-up and policy too.
+pub const SUPERVISOR: SeccompPolicy = NATIVE[4];
+
+/// The policy of the process with this name (`ntp`, `refclock`, `adjust`, `control`,
+/// `supervisor`), for the architecture built for.
 pub fn seccomp_policy(process: &str) -> Option<SeccompPolicy> {
-    [NTP, REFCLOCK, ADJUST, CONTROL].into_iter().find(|p| p.process == process)
+    NATIVE.into_iter().find(|p| p.process == process)
 }
 
 /// The clock adjuster's limits, from the reviewed `policy/clock.toml`.

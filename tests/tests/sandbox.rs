@@ -53,12 +53,19 @@ fn four_children_under_four_users_with_only_the_adjuster_holding_a_capability() 
     }
     assert_eq!(uids.len(), 4, "four distinct uids: {uids:?}");
 
-    // The supervisor keeps CAP_KILL (to stop children under other uids) and bounds
-    // everything it can ever start to what the children need.
+    // The supervisor uses CAP_KILL (to stop children under other uids), keeps the
+    // children's three permitted but not effective (under no_new_privs an exec gets
+    // no more than that), and bounds everything it can ever start to those four.
     let sup = proc_status(appliance.supervisor_pid()).unwrap();
+    let four = CAP_KILL | CAP_SETUID | CAP_SETGID | CAP_SYS_TIME;
     assert_eq!(cap_mask(&sup, "CapEff"), CAP_KILL);
-    assert_eq!(cap_mask(&sup, "CapPrm"), CAP_KILL);
-    assert_eq!(cap_mask(&sup, "CapBnd"), CAP_KILL | CAP_SETUID | CAP_SETGID | CAP_SYS_TIME);
+    assert_eq!(cap_mask(&sup, "CapPrm"), four);
+    assert_eq!(cap_mask(&sup, "CapInh"), 0);
+    assert_eq!(cap_mask(&sup, "CapAmb"), 0);
+    assert_eq!(cap_mask(&sup, "CapBnd"), four);
+    // It runs under its own filter too (policy/seccomp/<arch>/supervisor.json).
+    assert_eq!(sup["Seccomp"], "2", "the supervisor's seccomp mode");
+    assert_eq!(sup["NoNewPrivs"], "1", "the supervisor's no_new_privs");
 
     // Five processes in all: the supervisor and its four children, nothing else.
     let children: Vec<u32> =

@@ -105,3 +105,26 @@ fn a_stopped_and_continued_child_survives_its_filter() {
     }
     assert!(appliance.status().all_linked());
 }
+
+#[test]
+fn a_syscall_outside_its_policy_kills_the_supervisor_and_its_children_go_with_it() {
+    if !require_root("supervisor seccomp kill") {
+        return;
+    }
+    let appliance = Appliance::start("seccomp-supervisor", "");
+    let supervisor = appliance.supervisor_pid();
+    let children: Vec<u32> = CHILDREN.iter().map(|r| appliance.pid_of(r)).collect();
+    assert_eq!(
+        inject_syscall(supervisor as i32, libc::SYS_getpid, [0; 6]).unwrap(),
+        Outcome::Returned(i64::from(supervisor)),
+        "supervisor: getpid"
+    );
+    // unshare(0) would change nothing if it were allowed; it is not in the policy.
+    let outcome = inject_syscall(supervisor as i32, libc::SYS_unshare, [0; 6]).unwrap();
+    assert_eq!(outcome, Outcome::Killed(Signal::SIGSYS), "supervisor: unshare");
+    // Each child dies with its parent (PR_SET_PDEATHSIG): none is left behind to
+    // serve unsupervised; systemd restarts the whole appliance (Restart=on-failure).
+    strata_tests::wait_for("every child gone with the supervisor", Duration::from_secs(2), || {
+        children.iter().all(|&pid| !strata_tests::alive(pid)).then_some(())
+    });
+}

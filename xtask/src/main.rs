@@ -44,7 +44,13 @@ const PACKAGES: &[(&str, &str)] = &[
     // clknetsim (`cargo xtask clknetsim`, the CI guard) is built from its C sources.
     ("make", "make"),
     ("g++", "g++"),
+    // The aarch64 cross build (the Raspberry Pi class of GPS time server): a linker,
+    // and a C compiler for ring's assembly.
+    ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
 ];
+
+/// The other architecture strata ships seccomp policies for.
+const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -149,12 +155,27 @@ fn ci() -> Result {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    cross_build()?;
     // Keeping time, measured: strata's RMS offsets in seeded clknetsim runs may
     // only get better than the bounds recorded in the repository.
     clknetsim::main(&["--ci".to_string()])?;
     // Every parser of untrusted input, briefly: a crash found fails CI (the long
     // runs are recorded in SECURITY.md).
     fuzz::fuzz(&["--all".to_string(), "--seconds".to_string(), "10".to_string()])
+}
+
+/// `cargo build --target aarch64-unknown-linux-gnu` of the whole workspace: its
+/// seccomp policies compile (policy/seccomp/aarch64), and so does everything else.
+fn cross_build() -> Result {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if !installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == CROSS_TARGET)) {
+        run(Command::new("rustup").args(["target", "add", CROSS_TARGET]))?;
+    }
+    run(cargo()
+        .args(["build", "--workspace", "--bins", "--target", CROSS_TARGET])
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", "aarch64-linux-gnu-gcc")
+        .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
+        .env("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar"))
 }
 
 fn demo() -> Result {

@@ -6,12 +6,14 @@
 //! 4. trim its own capabilities: the bounding set keeps only what the children need
 //!    (CAP_SETUID/CAP_SETGID to become their users, CAP_SYS_TIME for the adjuster)
 //!    and CAP_KILL, so nothing started from here can ever hold more; the supervisor
-//!    itself keeps only CAP_KILL to stop children that run under other uids;
-//! 5. spawn each child with its supervisor channel on descriptor 3, give it its
+//!    itself uses only CAP_KILL (effective) to stop children that run under other
+//!    uids, and keeps the other three permitted for its children's exec;
+//! 5. no_new_privs and its own seccomp filter (policy/seccomp/<arch>/supervisor.json);
+//! 6. spawn each child with its supervisor channel on descriptor 3, give it its
 //!    identity, settings and resources, wait for `Ready`, then link it to its peers;
-//! 6. watch: re-spawn a dead child with back-off inside a restart budget, re-link
+//! 7. watch: re-spawn a dead child with back-off inside a restart budget, re-link
 //!    its peers; never re-spawn one that exits with the do-not-respawn status;
-//! 7. on SIGTERM/SIGINT stop the children in reverse start order within 2 s.
+//! 8. on SIGTERM/SIGINT stop the children in reverse start order within 2 s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -65,6 +67,8 @@ pub(crate) enum StartError {
     Capabilities(strata_sys::SysError),
     #[error("signal handling: {0}")]
     Signals(nix::Error),
+    #[error("the supervisor's own sandbox: {0}")]
+    Sandbox(strata_sys::SysError),
     #[error("control plane: {what}: {source}")]
     Control { what: String, source: std::io::Error },
     #[error("locating the process binaries: {0}")]
@@ -249,10 +253,12 @@ impl Supervisor {
         let engine_identity = slots.iter().find(|s| s.role == Role::Ntp).and_then(|s| s.identity);
         let upstreams = resolve_upstreams(&config, engine_identity);
 
-        // 4. Trim our own capabilities.
+        // 4. Trim our own capabilities. The three the children need stay permitted
+        // (never effective): under no_new_privs (step 5) an exec gets at most its
+        // caller's permitted set, so without them no child could become its user.
         if !development {
             strata_sys::limit_bounding_set(&BOUNDING).map_err(StartError::Capabilities)?;
-            strata_sys::retain_only_capabilities(&[Capability::CAP_KILL]).map_err(StartError::Capabilities)?;
+            strata_sys::retain_capabilities(&[Capability::CAP_KILL], &BOUNDING).map_err(StartError::Capabilities)?;
         }
 
         let mut mask = SigSet::empty();
@@ -262,6 +268,12 @@ impl Supervisor {
         mask.thread_block().map_err(StartError::Signals)?;
         let signals =
             SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(StartError::Signals)?;
+
+        // 5. Our own filter, now that everything privileged is open: no_new_privs
+        // (we hold no CAP_SYS_ADMIN) and policy/seccomp/<arch>/supervisor.json,
+        // which every child inherits under its own.
+        strata_sys::set_no_new_privs().map_err(StartError::Sandbox)?;
+        strata_sys::install_seccomp(&strata_policy::SUPERVISOR).map_err(StartError::Sandbox)?;
 
         Ok((
             Supervisor {

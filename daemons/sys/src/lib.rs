@@ -132,6 +132,17 @@ pub fn retain_only_capabilities(keep: &[Capability]) -> Result<(), SysError> {
     Ok(())
 }
 
+/// `effective` in the effective set and `permitted` (a superset) in the permitted
+/// set, nothing inheritable and nothing ambient.
+pub fn retain_capabilities(effective: &[Capability], permitted: &[Capability]) -> Result<(), SysError> {
+    let permitted: CapsHashSet = permitted.iter().chain(effective).copied().collect();
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &effective.iter().copied().collect())?;
+    caps::set(None, CapSet::Permitted, &permitted)?;
+    Ok(())
+}
+
 /// Limit the bounding set to `keep`: no process started from here on, even as root,
 /// can hold a capability outside it. Needs CAP_SETPCAP.
 pub fn limit_bounding_set(keep: &[Capability]) -> Result<(), SysError> {
