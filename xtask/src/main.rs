@@ -9,6 +9,8 @@
 //!   table of answered rate, loss and response time (see BENCHMARKS.md).
 //! - `cargo xtask fuzz <target>|--all [--seconds N]`: libFuzzer on every parser of
 //!   untrusted input (fuzz/, see its README.md); fails on any crashing input.
+//! - `cargo xtask soak [--minutes N]`: the appliance under NTP load while its children
+//!   are killed, stopped and fed garbage at random (tests/tests/soak.rs; CI: 20 s).
 //! - `cargo xtask sim [--scenario NAME] [--seed N]`: strata-sync's filter, selection
 //!   and discipline against a deterministic simulated world, one table (BENCHMARKS.md).
 //! - `cargo xtask install --destdir DIR [--release | --bin-dir DIR]`: install exactly
@@ -59,13 +61,14 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("bench") => bench::main(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("sim") => sim::main(&args[1..]),
         Some("clknetsim") => clknetsim::main(&args[1..]),
         Some("install") => install::main(&args[1..]),
         Some("deb") => deb::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|demo|bench server|fuzz TARGET|--all|sim|clknetsim|install --destdir DIR|deb>"
+                "usage: cargo xtask <ci|demo|bench server|fuzz TARGET|--all|soak --minutes N|sim|clknetsim|install --destdir DIR|deb>"
             );
             return ExitCode::from(2);
         }
@@ -162,6 +165,19 @@ fn ci() -> Result {
     // Every parser of untrusted input, briefly: a crash found fails CI (the long
     // runs are recorded in SECURITY.md).
     fuzz::fuzz(&["--all".to_string(), "--seconds".to_string(), "10".to_string()])
+}
+
+/// `cargo xtask soak --minutes N`: tests/tests/soak.rs for N minutes (as root): load,
+/// kill -9, stop/continue and garbage at random; every answer checked.
+fn soak(args: &[String]) -> Result {
+    let minutes: u64 = match args {
+        [flag, n] if flag == "--minutes" => n.parse().map_err(|_| format!("--minutes {n}: a whole number"))?,
+        [] => 10,
+        _ => return Err("usage: cargo xtask soak [--minutes N] (default 10)".into()),
+    };
+    run(cargo()
+        .args(["test", "-p", "strata-tests", "--test", "soak", "--", "--nocapture"])
+        .env("STRATA_SOAK_SECONDS", (minutes * 60).to_string()))
 }
 
 /// `cargo build --target aarch64-unknown-linux-gnu` of the whole workspace: its
